@@ -1,0 +1,124 @@
+"""The model manifest: what the export tool writes and the server reads.
+
+A model directory holds `manifest.json`, one ONNX gradient graph per dream
+layer (all of them reading one external weights file), and nothing else the
+server needs. This module is the whole contract between export and serving;
+it depends on the standard library alone so the server can read manifests
+without the export tool's dependencies.
+
+Every graph of a model has the same interface (see `GRAPH_INPUTS` and
+`GRAPH_OUTPUTS`): `layer_weights` has one entry per manifest layer and
+`channel_weights` one per channel of every manifest layer, in manifest order.
+The graph of layer k computes layers 0..k; the weights of deeper layers are
+ignored by it and their `channel_means` columns are zero. To dream on a set of
+layers, run the graph of the deepest one with a non-zero weight.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MANIFEST_FILE = "manifest.json"
+FORMAT = "dreamstream.model/1"
+
+# Names of the gradient graphs' inputs and outputs (the graph contract).
+IMAGE = "image"  # float32 [N,3,H,W], RGB in [0,1]
+LAYER_WEIGHTS = "layer_weights"  # float32 [L]
+CHANNEL_WEIGHTS = "channel_weights"  # float32 [C_total]
+LOSS = "loss"  # float32 [N]
+GRAD = "grad"  # float32 [N,3,H,W], d loss / d image
+CHANNEL_MEANS = "channel_means"  # float32 [N,C_total]
+GRAPH_INPUTS = (IMAGE, LAYER_WEIGHTS, CHANNEL_WEIGHTS)
+GRAPH_OUTPUTS = (LOSS, GRAD, CHANNEL_MEANS)
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or of a format this version cannot read."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer a user can dream on."""
+
+    name: str  # as the backbone names it, e.g. "inception_4c/output"
+    channels: int
+    stride: int  # spatial stride against the input image (input pixels per activation pixel)
+    graph: str  # the ONNX file, relative to the model directory, to run when this is the deepest layer
+    channel_offset: int  # where this layer's channels start in channel_weights / channel_means
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the graph turns RGB in [0,1] into the backbone's input (done inside the graph)."""
+
+    mean: tuple[float, float, float]  # in the backbone's channel order, after scaling
+    std: tuple[float, float, float]
+    bgr: bool
+    scale: float  # the backbone's pixel range: 1.0 for [0,1], 255.0 for [0,255]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    backbone: str
+    layers: tuple[Layer, ...]
+    default_layers: dict[str, float]
+    min_size: int  # smallest image side the deepest layer accepts
+    max_size: int  # largest image side recommended in one piece
+    weights_file: str
+    weights_sha256: str
+    preprocessing: Preprocessing
+    opset: int
+    format: str = FORMAT
+    source: dict[str, str] = field(default_factory=dict)  # where the weights came from
+
+    @property
+    def channel_total(self) -> int:
+        return sum(layer.channels for layer in self.layers)
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def layer_index(self, name: str) -> int:
+        for index, layer in enumerate(self.layers):
+            if layer.name == name:
+                return index
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            raw = json.loads(text)
+            if raw.get("format") != FORMAT:
+                raise ManifestError(
+                    f"manifest format {raw.get('format')!r} is not {FORMAT!r}: re-export the model"
+                )
+            layers = tuple(Layer(**layer) for layer in raw.pop("layers"))
+            prep = raw.pop("preprocessing")
+            preprocessing = Preprocessing(
+                mean=tuple(prep["mean"]), std=tuple(prep["std"]), bgr=prep["bgr"], scale=prep["scale"]
+            )
+            return cls(layers=layers, preprocessing=preprocessing, **raw)
+        except (KeyError, TypeError, json.JSONDecodeError) as error:
+            raise ManifestError(f"malformed manifest: {error}") from error
+
+
+def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
+    path = Path(model_dir) / MANIFEST_FILE
+    path.write_text(manifest.to_json())
+    return path
+
+
+def read_manifest(model_dir: Path) -> Manifest:
+    path = Path(model_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"{model_dir} holds no {MANIFEST_FILE}: is it an exported model?")
+    return Manifest.from_json(path.read_text())
