@@ -33,6 +33,16 @@ CHANNEL_MEANS = "channel_means"  # float32 [N,C_total]
 GRAPH_INPUTS = (IMAGE, LAYER_WEIGHTS, CHANNEL_WEIGHTS)
 GRAPH_OUTPUTS = (LOSS, GRAD, CHANNEL_MEANS)
 
+# The fused ascent step graph: one Run is one whole DeepDream step, so on a GPU the
+# image can stay on the device for a whole octave. It rolls the image by `shift`
+# (jitter), takes the gradient, rolls it back, normalises it by its mean absolute
+# value per image, adds `step_size` times it and clips to [0,1].
+SHIFT = "shift"  # int64 [2]: (dy, dx) roll applied before the gradient, undone after
+STEP_SIZE = "step_size"  # float32 [1]
+IMAGE_OUT = "image_out"  # float32 [N,3,H,W], the image after the step
+STEP_INPUTS = (IMAGE, LAYER_WEIGHTS, CHANNEL_WEIGHTS, SHIFT, STEP_SIZE)
+STEP_OUTPUTS = (IMAGE_OUT, LOSS)
+
 
 class ManifestError(ValueError):
     """A manifest is missing, malformed, or of a format this version cannot read."""
@@ -45,7 +55,8 @@ class Layer:
     name: str  # as the backbone names it, e.g. "inception_4c/output"
     channels: int
     stride: int  # spatial stride against the input image (input pixels per activation pixel)
-    graph: str  # the ONNX file, relative to the model directory, to run when this is the deepest layer
+    graph: str  # gradient graph (GRAPH_*), relative to the model dir, to run when this is the deepest layer
+    step_graph: str  # fused ascent step graph (STEP_*) for the same cut
     channel_offset: int  # where this layer's channels start in channel_weights / channel_means
 
 
