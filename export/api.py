@@ -1,0 +1,221 @@
+"""Export a backbone into a model directory the server can load.
+
+A model directory holds `manifest.json`, `weights.bin` (every parameter, once)
+and, for each cut, a gradient graph and a fused ascent step graph, all reading
+their parameters from `weights.bin` as ONNX external data. The graphs sit beside
+the weights file because ONNX Runtime refuses external data outside a model's
+own directory.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+from dreamstream.export import dream
+from dreamstream.export.backbone import Backbone
+from dreamstream.export.backbones import RECIPES
+from dreamstream.export.backbones.source import WeightSource
+from dreamstream.export.graph import OPSET
+from dreamstream.export.manifest import (
+    CHANNEL_WEIGHTS,
+    IMAGE,
+    LAYER_WEIGHTS,
+    Layer,
+    Manifest,
+    write_manifest,
+)
+from dreamstream.export.weights import read_weights, sha256_of
+
+WEIGHTS_FILE = "weights.bin"
+_ALIGNMENT = 64
+
+
+class ExportError(ValueError):
+    """The user asked for something the export tool cannot do (unknown backbone, bad options)."""
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """How to use a user's own ONNX classifier (`dreamstream export onnx`)."""
+
+    path: Path
+    layers: Sequence[str]
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    bgr: bool = False
+    scale: float = 1.0
+
+
+def backbone_names() -> list[str]:
+    return [*RECIPES, "onnx"]
+
+
+def load_backbone(
+    backbone: str,
+    weights: Path | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+    onnx_options: OnnxOptions | None = None,
+) -> Backbone:
+    """The named backbone's forward graph with its parameters."""
+    if backbone == "onnx":
+        if onnx_options is None:
+            raise ExportError("export onnx needs --onnx FILE and --layers T1,T2,...")
+        from dreamstream.export.backbones.onnx_file import load_onnx_backbone
+
+        return load_onnx_backbone(onnx_options)
+    recipe = RECIPES.get(backbone)
+    if recipe is None:
+        raise ExportError(f"unknown backbone {backbone!r}; known: {', '.join(backbone_names())}")
+    if random_weights:
+        return recipe.build(WeightSource.random(seed))
+    path = weights
+    if path is None:
+        if recipe.default_weights is None:
+            raise ExportError(
+                f"{backbone} needs --weights FILE ({recipe.weights_help}) or --random-weights for testing"
+            )
+        path = recipe.default_weights()
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"weights file {path} does not exist")
+    backbone_model = recipe.build(WeightSource.from_arrays(read_weights(path), path.name))
+    backbone_model.source.update({"weights_file": path.name, "weights_file_sha256": sha256_of(path)})
+    return backbone_model
+
+
+def export_model(
+    backbone: str,
+    out_dir: Path,
+    name: str | None = None,
+    weights: Path | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+    onnx_options: OnnxOptions | None = None,
+) -> Path:
+    """Export `backbone` to `out_dir/name` (name defaults to the backbone's); returns that directory.
+
+    The directory is written beside its final place and moved there at the end, so
+    a failed export leaves any earlier export of the same name untouched.
+    """
+    model = load_backbone(backbone, weights, random_weights, seed, onnx_options)
+    name = name or backbone
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ExportError(f"model name {name!r}: use letters, digits, '.', '_' and '-'")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
+    try:
+        write_model_dir(model, staging, name, backbone)
+        final = out_dir / name
+        if final.exists():
+            shutil.rmtree(final)
+        staging.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) -> Manifest:
+    prepared = dream.prepare(model)
+    offsets = _write_weights(model, model_dir / WEIGHTS_FILE)
+    layers: list[Layer] = []
+    channel_offset = 0
+    deepest_graph = None
+    for number, group in enumerate(dream.cut_groups(model.layers)):
+        last = group[-1]
+        stem = f"{number:02d}_{_file_safe(model.layers[last].name)}"
+        graph_file, step_file = f"{stem}.onnx", f"{stem}.step.onnx"
+        _save(dream.build_gradient_graph(prepared, last), model_dir / graph_file, offsets)
+        _save(dream.build_step_graph(prepared, last), model_dir / step_file, offsets)
+        deepest_graph = model_dir / graph_file
+        for index in group:
+            layer = model.layers[index]
+            layers.append(Layer(layer.name, layer.channels, layer.stride, graph_file, step_file, channel_offset))
+            channel_offset += layer.channels
+
+    manifest = Manifest(
+        name=name,
+        backbone=backbone,
+        layers=tuple(layers),
+        default_layers=dict(model.default_layers),
+        min_size=_smallest_working_size(deepest_graph, len(layers), channel_offset),
+        max_size=model.max_size,
+        weights_file=WEIGHTS_FILE,
+        weights_sha256=sha256_of(model_dir / WEIGHTS_FILE),
+        preprocessing=model.preprocessing,
+        opset=OPSET,
+        source=dict(model.source),
+    )
+    write_manifest(model_dir, manifest)
+    return manifest
+
+
+def _file_safe(layer_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", layer_name)
+
+
+def _write_weights(model: Backbone, path: Path) -> dict[str, tuple[int, int]]:
+    """Every parameter once, 64-byte aligned; returns name -> (offset, length)."""
+    offsets: dict[str, tuple[int, int]] = {}
+    arrays = {init.name: init for init in model.forward.graph.initializer if init.name in model.weight_names}
+    with open(path, "wb") as out:
+        for name, tensor in arrays.items():
+            data = onnx.numpy_helper.to_array(tensor).astype(np.float32).tobytes()
+            position = out.tell()
+            padding = (-position) % _ALIGNMENT
+            out.write(b"\0" * padding)
+            offsets[name] = (position + padding, len(data))
+            out.write(data)
+    return offsets
+
+
+def _save(graph: onnx.ModelProto, path: Path, offsets: dict[str, tuple[int, int]]) -> None:
+    onnx.checker.check_model(graph, full_check=True)
+    for tensor in graph.graph.initializer:
+        if tensor.name in offsets:
+            offset, length = offsets[tensor.name]
+            external_data_helper.set_external_data(tensor, WEIGHTS_FILE, offset, length)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            tensor.ClearField("raw_data")
+    onnx.save_model(graph, str(path))
+
+
+def _smallest_working_size(graph_path: Path | None, layer_count: int, channel_total: int) -> int:
+    """The smallest square image side the deepest graph runs on, found by bisection."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(graph_path), providers=["CPUExecutionProvider"])
+    feeds = {
+        LAYER_WEIGHTS: np.ones(layer_count, np.float32),
+        CHANNEL_WEIGHTS: np.ones(channel_total, np.float32),
+    }
+
+    def works(side: int) -> bool:
+        try:
+            loss = session.run(["loss"], {IMAGE: np.full((1, 3, side, side), 0.5, np.float32), **feeds})[0]
+        except Exception:  # ORT raises its own error types for shapes a network cannot take
+            return False
+        return bool(np.isfinite(loss).all())
+
+    low, high = 1, 512
+    if not works(high):
+        raise ExportError(f"the exported graph does not run even on a {high}x{high} image")
+    while low < high:
+        middle = (low + high) // 2
+        if works(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low

@@ -1,0 +1,283 @@
+"""The dream graphs of one cut of a backbone: loss and gradient, and the fused ascent step.
+
+For the cut after layer group k, the graph computes the layers up to that group
+from the image (preprocessing inside the graph), the dream loss
+
+    loss[n] = sum_j layer_weights[j] / (C_j H_j W_j) * sum_{c,h,w} channel_weights_j[c] * a_j[n,c,h,w]^2
+
+over those layers, its gradient with respect to the image (our reverse pass),
+and each layer's channel means. The step graph wraps the same computation in
+one whole DeepDream step (roll, gradient, roll back, normalise, update, clip).
+"""
+
+from __future__ import annotations
+
+from collections import ChainMap
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from dreamstream.export import rules  # noqa: F401  (registers the reverse rules)
+from dreamstream.export.autodiff import (
+    RuleContext,
+    StaticShapes,
+    constant_values,
+    prepare_forward,
+    reverse_pass,
+)
+from dreamstream.export.backbone import Backbone, DreamLayer
+from dreamstream.export.graph import GraphBuilder, make_model, tensor_info
+from dreamstream.export.manifest import (
+    CHANNEL_MEANS,
+    CHANNEL_WEIGHTS,
+    GRAD,
+    IMAGE,
+    IMAGE_OUT,
+    LAYER_WEIGHTS,
+    LOSS,
+    SHIFT,
+    STEP_SIZE,
+)
+
+# Added to the gradient's mean absolute value before dividing by it (a flat image has none).
+NORMALISE_EPSILON = 1e-8
+
+
+@dataclass
+class PreparedBackbone:
+    """A backbone with preprocessing prepended and shapes inferred, ready to be cut."""
+
+    backbone: Backbone
+    nodes: list[onnx.NodeProto]  # preprocessing + forward, reading IMAGE
+    shapes: StaticShapes
+    constants: dict[str, np.ndarray]
+
+    @property
+    def layers(self) -> list[DreamLayer]:
+        return self.backbone.layers
+
+
+def prepare(backbone: Backbone) -> PreparedBackbone:
+    builder = GraphBuilder(prefix="pre/")
+    _emit_preprocessing(builder, backbone)
+    nodes = builder.nodes + list(backbone.forward.graph.node)
+    full = make_model(
+        _with_nodes(builder, nodes),
+        "forward",
+        [tensor_info(IMAGE, TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [tensor_info(layer.tensor, TensorProto.FLOAT, None) for layer in backbone.layers],
+    )
+    full.graph.initializer.extend(backbone.forward.graph.initializer)
+    constants = {**constant_values(backbone.forward), **builder.initializers}
+    return PreparedBackbone(backbone, nodes, StaticShapes.infer(full), constants)
+
+
+def _with_nodes(builder: GraphBuilder, nodes: list[onnx.NodeProto]) -> GraphBuilder:
+    copy = GraphBuilder()
+    copy.nodes = nodes
+    copy.initializers = builder.initializers
+    return copy
+
+
+def _emit_preprocessing(builder: GraphBuilder, backbone: Backbone) -> None:
+    """RGB in [0,1] -> the backbone's input: channel order, pixel range, mean and std."""
+    prep = backbone.preprocessing
+    x = IMAGE
+    if prep.bgr:
+        x = builder.op("Gather", x, builder.ints([2, 1, 0]), hint="to_bgr", axis=1)
+    mean = np.asarray(prep.mean, np.float32)
+    std = np.asarray(prep.std, np.float32)
+    scale = (prep.scale / std).reshape(1, 3, 1, 1)
+    shift = (-mean / std).reshape(1, 3, 1, 1)
+    scaled = builder.op("Mul", x, builder.const(scale), hint="scale")
+    builder.op_into("Add", [scaled, builder.const(shift)], [backbone.input_name])
+
+
+def cut_groups(layers: list[DreamLayer]) -> list[list[int]]:
+    """Consecutive layers of the same group, as lists of layer indices."""
+    groups: list[list[int]] = []
+    for index, layer in enumerate(layers):
+        key = layer.group or layer.name
+        previous = layers[groups[-1][-1]] if groups else None
+        if previous is not None and (previous.group or previous.name) == key:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+def _ancestors(nodes: list[onnx.NodeProto], targets: set[str]) -> list[onnx.NodeProto]:
+    """The nodes needed to compute `targets`, in their original order."""
+    needed = set(targets)
+    kept = []
+    for node in reversed(nodes):
+        if any(out in needed for out in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    return list(reversed(kept))
+
+
+def _rename_input(nodes: list[onnx.NodeProto], old: str, new: str) -> list[onnx.NodeProto]:
+    renamed = []
+    for node in nodes:
+        if old in node.input:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            for i, name in enumerate(copy.input):
+                if name == old:
+                    copy.input[i] = new
+            node = copy
+        renamed.append(node)
+    return renamed
+
+
+def _rename_output(nodes: list[onnx.NodeProto], old: str, new: str) -> None:
+    for node in nodes:
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def _emit_dream(builder: GraphBuilder, prepared: PreparedBackbone, last: int, source: str) -> tuple[str, str, str]:
+    """Forward to layer `last`, loss, channel means and the gradient w.r.t. `source`.
+
+    Returns the names of (loss, gradient, channel means).
+    """
+    layers = prepared.layers
+    computed = layers[: last + 1]
+    forward = _ancestors(prepared.nodes, {layer.tensor for layer in computed})
+    if source != IMAGE:
+        forward = _rename_input(forward, IMAGE, source)
+    forward = prepare_forward(forward, builder)
+    builder.reserve(out for node in forward for out in node.output)
+    builder.nodes.extend(forward)
+
+    terms, seeds, means = [], {}, []
+    offset = 0
+    for index, layer in enumerate(layers):
+        if index > last:
+            break
+        term, seed = _emit_layer_loss(builder, layer, index, offset)
+        terms.append(term)
+        seeds[layer.tensor] = seed
+        means.append(builder.op("ReduceMean", layer.tensor, hint="channel_mean", axes=[2, 3], keepdims=0))
+        offset += layer.channels
+    rest = sum(layer.channels for layer in layers[last + 1 :])
+    if rest:
+        batch = builder.op("Shape", source, hint="batch", start=0, end=1)
+        zero_shape = builder.op("Concat", batch, builder.ints([rest]), axis=0)
+        means.append(
+            builder.op(
+                "ConstantOfShape",
+                zero_shape,
+                hint="uncomputed_means",
+                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]),
+            )
+        )
+    loss = terms[0] if len(terms) == 1 else builder.op("Sum", *terms, hint="loss_sum")
+    channel_means = means[0] if len(means) == 1 else builder.op("Concat", *means, hint="means", axis=1)
+
+    shapes = StaticShapes({**prepared.shapes.shapes, source: prepared.shapes.shapes[IMAGE]})
+    context = RuleContext(builder, shapes, ChainMap(builder.initializers, prepared.constants))
+    grad = reverse_pass(forward, source, seeds, context)
+    return loss, grad, channel_means
+
+
+def _emit_layer_loss(builder: GraphBuilder, layer: DreamLayer, index: int, offset: int) -> tuple[str, str]:
+    """One layer's loss term [N] and the gradient of the loss with respect to its activation."""
+    g = builder
+    a = layer.tensor
+    channel_w = g.op("Slice", CHANNEL_WEIGHTS, g.ints([offset]), g.ints([offset + layer.channels]))
+    channel_w = g.op("Reshape", channel_w, g.ints([1, layer.channels, 1, 1]), hint="channel_w")
+    layer_w = g.op("Slice", LAYER_WEIGHTS, g.ints([index]), g.ints([index + 1]), hint="layer_w")
+    area = g.op("Cast", g.op("ReduceProd", g.op("Shape", a, start=2, end=4), keepdims=1), to=TensorProto.FLOAT)
+    coefficient = g.op("Div", layer_w, g.op("Mul", area, g.const(float(layer.channels))), hint="coef")
+    weighted = g.op("Mul", a, channel_w, hint="weighted")
+    term = g.op("Mul", g.op("ReduceSum", g.op("Mul", weighted, a), g.ints([1, 2, 3]), keepdims=0), coefficient)
+    seed = g.op("Mul", weighted, g.op("Mul", coefficient, g.const(2.0)), hint="loss_grad")
+    return term, seed
+
+
+def _interface(step: bool, channel_total: int, layer_count: int) -> list[onnx.ValueInfoProto]:
+    inputs = [
+        tensor_info(IMAGE, TensorProto.FLOAT, ["N", 3, "H", "W"]),
+        tensor_info(LAYER_WEIGHTS, TensorProto.FLOAT, [layer_count]),
+        tensor_info(CHANNEL_WEIGHTS, TensorProto.FLOAT, [channel_total]),
+    ]
+    if step:
+        inputs += [tensor_info(SHIFT, TensorProto.INT64, [2]), tensor_info(STEP_SIZE, TensorProto.FLOAT, [1])]
+    return inputs
+
+
+def build_gradient_graph(prepared: PreparedBackbone, last: int) -> onnx.ModelProto:
+    """Inputs image, layer_weights, channel_weights; outputs loss, grad, channel_means."""
+    builder = GraphBuilder(prefix="d/")
+    loss, grad, means = _emit_dream(builder, prepared, last, IMAGE)
+    for old, new in ((loss, LOSS), (grad, GRAD), (means, CHANNEL_MEANS)):
+        _rename_output(builder.nodes, old, new)
+    return _finish(builder, prepared, step=False)
+
+
+def build_step_graph(prepared: PreparedBackbone, last: int) -> onnx.ModelProto:
+    """One DeepDream step: inputs as the gradient graph plus shift and step_size; outputs image_out, loss.
+
+    `shift` is (dy, dx) with 0 <= dy < H and 0 <= dx < W: the image is rolled by it
+    (jitter) before the gradient and the gradient rolled back after.
+    """
+    g = GraphBuilder(prefix="s/")
+    size = g.op("Shape", IMAGE, hint="image_hw", start=2, end=4)
+    shift_y = g.op("Slice", SHIFT, g.ints([0]), g.ints([1]), hint="shift_y")
+    shift_x = g.op("Slice", SHIFT, g.ints([1]), g.ints([2]), hint="shift_x")
+    height = g.op("Slice", size, g.ints([0]), g.ints([1]), hint="height")
+    width = g.op("Slice", size, g.ints([1]), g.ints([2]), hint="width")
+    rolled = _roll(g, _roll(g, IMAGE, shift_y, height, 2), shift_x, width, 3)
+
+    loss, grad, _ = _emit_dream(g, prepared, last, rolled)
+    back_y = g.op("Sub", height, shift_y)
+    back_x = g.op("Sub", width, shift_x)
+    grad = _roll(g, _roll(g, grad, back_y, height, 2), back_x, width, 3)
+
+    scale = g.op("ReduceMean", g.op("Abs", grad), hint="grad_scale", axes=[1, 2, 3], keepdims=1)
+    scale = g.op("Add", scale, g.const(NORMALISE_EPSILON))
+    update = g.op("Mul", g.op("Div", grad, scale), STEP_SIZE, hint="update")
+    moved = g.op("Add", IMAGE, update)
+    g.op_into("Clip", [moved, g.const(0.0), g.const(1.0)], [IMAGE_OUT])
+    _rename_output(g.nodes, loss, LOSS)
+    return _finish(g, prepared, step=True)
+
+
+def _roll(g: GraphBuilder, x: str, shift: str, size: str, axis: int) -> str:
+    """torch.roll along one axis for 0 <= shift < size: out[i] = x[i - shift]."""
+    split = g.op("Sub", size, shift, hint="roll_split")
+    axes = g.ints([axis])
+    tail = g.op("Slice", x, split, size, axes, hint="roll_tail")
+    head = g.op("Slice", x, g.ints([0]), split, axes, hint="roll_head")
+    return g.op("Concat", tail, head, hint="rolled", axis=axis)
+
+
+def _finish(builder: GraphBuilder, prepared: PreparedBackbone, step: bool) -> onnx.ModelProto:
+    layers = prepared.layers
+    channel_total = sum(layer.channels for layer in layers)
+    if step:
+        outputs = [
+            tensor_info(IMAGE_OUT, TensorProto.FLOAT, ["N", 3, "H", "W"]),
+            tensor_info(LOSS, TensorProto.FLOAT, ["N"]),
+        ]
+    else:
+        outputs = [
+            tensor_info(LOSS, TensorProto.FLOAT, ["N"]),
+            tensor_info(GRAD, TensorProto.FLOAT, ["N", 3, "H", "W"]),
+            tensor_info(CHANNEL_MEANS, TensorProto.FLOAT, ["N", channel_total]),
+        ]
+    inputs = _interface(step, channel_total, len(layers))
+    # The forward's weights live in the prepared constants, not in this builder.
+    used = {name for node in builder.nodes for name in node.input}
+    for name, value in prepared.constants.items():
+        if name in used and name not in builder.initializers:
+            builder.initializers[name] = value
+    return make_model(builder, "dream_step" if step else "dream", inputs, outputs)
