@@ -22,7 +22,7 @@ class Recipe:
 
 
 def _recipes() -> dict[str, Recipe]:
-    from dreamstream.export.backbones import efficientnet_lite
+    from dreamstream.export.backbones import efficientnet_lite, googlenet_bvlc
 
     recipes = [
         Recipe(
@@ -31,6 +31,13 @@ def _recipes() -> dict[str, Recipe]:
             efficientnet_lite.build,
             efficientnet_lite.packaged_weights,
             "a lukemelas-style EfficientNet-Lite0 .pth (default: the packaged one)",
+        ),
+        Recipe(
+            "googlenet-bvlc",
+            "BVLC GoogLeNet, the original DeepDream network (Caffe layer names)",
+            googlenet_bvlc.build,
+            None,
+            "bvlc_googlenet.caffemodel from the Caffe model zoo, or an .npz of <layer>/weight, <layer>/bias",
         ),
     ]
     return {recipe.name: recipe for recipe in recipes}
