@@ -105,16 +105,25 @@ def conv(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) ->
         return {0: _crop_to_input(ctx, full, x, start, strides)}
 
     pads = list(attr(node, "pads", [0, 0, 0, 0])) if auto_pad == "NOTSET" else [0, 0, 0, 0]
-    begin, end = pads[:2], pads[2:]
-    if begin == end:
-        # Symmetric padding: the transposed convolution removes it itself; with stride 1
-        # its output is exactly the input's size.
-        full = g.op("ConvTranspose", dy[0], w, hint="conv_grad", pads=pads, **transpose)
-        if all(s == 1 for s in strides):
-            return {0: full}
-        return {0: _crop_to_input(ctx, full, x, [0, 0], strides)}
-    full = g.op("ConvTranspose", dy[0], w, hint="conv_grad", **transpose)
-    return {0: _crop_to_input(ctx, full, x, begin, strides)}
+    return {0: _transposed(ctx, dy[0], w, x, pads, strides, transpose, "conv_grad")}
+
+
+def _transposed(
+    ctx: RuleContext, dy: str, weight: str, x: str, pads: list[int], strides: list[int], attrs: dict, hint: str
+) -> str:
+    """The adjoint of a strided, padded window op: ConvTranspose, then the input's window.
+
+    With stride 1 and symmetric padding the transposed convolution removes the
+    padding itself and its output is exactly the input's size. Otherwise its
+    `pads` would also cut real input positions at the end (when the windows do
+    not tile the input exactly), so it runs unpadded and the crop is explicit;
+    unpadded also keeps it on the CUDA provider, which has no asymmetric pads.
+    """
+    g = ctx.builder
+    if pads[:2] == pads[2:] and all(s == 1 for s in strides):
+        return g.op("ConvTranspose", dy, weight, hint=hint, pads=pads, **attrs)
+    full = g.op("ConvTranspose", dy, weight, hint=hint, **attrs)
+    return _crop_to_input(ctx, full, x, pads[:2], strides)
 
 
 def _add_maxpool_indices(node: onnx.NodeProto, builder: GraphBuilder) -> onnx.NodeProto:
@@ -175,13 +184,7 @@ def average_pool(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[
         scaled = g.op("Div", dy[0], g.op("Mul", fraction, g.const(area)), hint="avgpool_scale")
     ones_kernel = g.const(np.ones((channels, 1, *kernel), np.float32))
     transpose = {"strides": strides, "group": channels, "kernel_shape": kernel}
-    if pads[:2] == pads[2:]:
-        full = g.op("ConvTranspose", scaled, ones_kernel, hint="avgpool_grad", pads=pads, **transpose)
-        if all(s == 1 for s in strides):
-            return {0: full}
-        return {0: _crop_to_input(ctx, full, x, [0, 0], strides)}
-    full = g.op("ConvTranspose", scaled, ones_kernel, hint="avgpool_grad", **transpose)
-    return {0: _crop_to_input(ctx, full, x, pads[:2], strides)}
+    return {0: _transposed(ctx, scaled, ones_kernel, x, pads, strides, transpose, "avgpool_grad")}
 
 
 @reverse_rule("GlobalAveragePool")

@@ -1,0 +1,102 @@
+"""`dreamstream export` and `dreamstream layers`: the export tool's command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dreamstream.export.manifest import ManifestError, read_manifest
+
+
+def add_export_parsers(subparsers: argparse._SubParsersAction) -> None:
+    export = subparsers.add_parser(
+        "export",
+        help="export a backbone into a model directory",
+        description="Export a CNN backbone into MODELS_DIR/NAME: ONNX graphs of the dream loss and its "
+        "gradient, plus manifest.json.",
+    )
+    export.add_argument("backbone", help="efficientnet-lite0, googlenet-bvlc, vgg16, ..., or onnx")
+    export.add_argument("--out", required=True, type=Path, help="the models directory")
+    export.add_argument("--name", help="the model's name (default: the backbone's)")
+    export.add_argument("--weights", type=Path, help="weight file (.pth, .caffemodel or .npz)")
+    export.add_argument("--random-weights", action="store_true", help="invent weights (for tests)")
+    export.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+    export.add_argument("--onnx", type=Path, help="with `onnx`: the ONNX classifier")
+    export.add_argument("--layers", help="with `onnx`: comma-separated tensor names to dream on")
+    export.add_argument("--mean", help="with `onnx`: per-channel mean after scaling, e.g. 0.485,0.456,0.406")
+    export.add_argument("--std", help="with `onnx`: per-channel std, e.g. 0.229,0.224,0.225")
+    export.add_argument("--bgr", action="store_true", help="with `onnx`: the network takes BGR")
+    export.add_argument("--scale", type=float, default=1.0, help="with `onnx`: pixel range (255 for 0..255)")
+    export.set_defaults(func=run_export)
+
+    layers = subparsers.add_parser(
+        "layers",
+        help="list the layers of an exported model",
+        description="List the layers a model can dream on (name, channels, stride), deepest last.",
+    )
+    layers.add_argument("model_dir", type=Path, help="MODELS_DIR/NAME")
+    layers.set_defaults(func=run_layers)
+
+
+def _triple(text: str | None, default: tuple[float, float, float], flag: str) -> tuple[float, float, float]:
+    if text is None:
+        return default
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ValueError(f"{flag} takes three comma-separated numbers, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from dreamstream.export.api import ExportError, OnnxOptions, export_model
+    from dreamstream.export.autodiff import GradientError
+    from dreamstream.export.backbones.onnx_file import OnnxBackboneError
+    from dreamstream.export.weights import WeightsError
+
+    try:
+        onnx_options = None
+        if args.backbone == "onnx":
+            if args.onnx is None or not args.layers:
+                raise ExportError("export onnx needs --onnx FILE and --layers T1,T2,...")
+            onnx_options = OnnxOptions(
+                path=args.onnx,
+                layers=[name for name in args.layers.split(",") if name],
+                mean=_triple(args.mean, (0.0, 0.0, 0.0), "--mean"),
+                std=_triple(args.std, (1.0, 1.0, 1.0), "--std"),
+                bgr=args.bgr,
+                scale=args.scale,
+            )
+        model_dir = export_model(
+            args.backbone,
+            args.out,
+            name=args.name,
+            weights=args.weights,
+            random_weights=args.random_weights,
+            seed=args.seed,
+            onnx_options=onnx_options,
+        )
+    except (ExportError, WeightsError, GradientError, OnnxBackboneError, FileNotFoundError, ValueError) as error:
+        print(f"dreamstream export: error: {error}", file=sys.stderr)
+        return 2
+    manifest = read_manifest(model_dir)
+    print(f"exported {manifest.backbone} to {model_dir} ({len(manifest.layers)} layers)")
+    return 0
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    try:
+        manifest = read_manifest(args.model_dir)
+    except ManifestError as error:
+        print(f"dreamstream layers: error: {error}", file=sys.stderr)
+        return 2
+    width = max(len(layer.name) for layer in manifest.layers)
+    print(f"{'layer':<{width}}  channels  stride  default")
+    for layer in manifest.layers:
+        weight = manifest.default_layers.get(layer.name)
+        mark = f"{weight:g}" if weight is not None else ""
+        print(f"{layer.name:<{width}}  {layer.channels:>8}  {layer.stride:>6}  {mark}")
+    return 0

@@ -1,0 +1,301 @@
+"""Each reverse rule alone: against central finite differences and against torch autograd.
+
+A case is one forward op (or a tiny graph around it) from `x` to `y`. The
+reverse pass, seeded with a random `dy`, must give J^T dy: checked against
+torch's autograd on the same op, and, without trusting torch, against the
+directional central difference (f(x + eps v) - f(x - eps v)) / 2 eps of
+f(x) = sum(dy * y(x)), accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from collections import ChainMap
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto
+
+from dreamstream.export import rules  # noqa: F401  (registers the rules)
+from dreamstream.export.autodiff import (
+    RuleContext,
+    StaticShapes,
+    UnsupportedOperator,
+    constant_values,
+    prepare_forward,
+    reverse_pass,
+)
+from dreamstream.export.graph import GraphBuilder, make_model, tensor_info
+
+Emit = Callable[[GraphBuilder, str], str]
+TorchFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Case:
+    name: str
+    emit: Emit
+    reference: TorchFn
+    shape: tuple[int, int, int, int] = (2, 4, 9, 8)
+    kinks: tuple[float, ...] = (0.0,)  # values of x where the op is not differentiable
+
+
+def _gradient_session(emit: Emit, channels: int) -> tuple[ort.InferenceSession, str]:
+    forward_builder = GraphBuilder()
+    y = emit(forward_builder, "x")
+    x_info = tensor_info("x", TensorProto.FLOAT, ["N", channels, "H", "W"])
+    forward = make_model(forward_builder, "case", [x_info], [tensor_info(y, TensorProto.FLOAT, None)])
+    shapes = StaticShapes.infer(forward)
+
+    builder = GraphBuilder(prefix="b/")
+    builder.reserve(["x", "dy"])
+    nodes = prepare_forward(list(forward_builder.nodes), builder)
+    builder.reserve(out for node in nodes for out in node.output)
+    builder.nodes.extend(nodes)
+    builder.initializers.update(forward_builder.initializers)
+    context = RuleContext(builder, shapes, ChainMap(builder.initializers, constant_values(forward)))
+    grad = reverse_pass(nodes, "x", {y: "dy"}, context)
+    model = make_model(
+        builder,
+        "gradient",
+        [x_info, tensor_info("dy", TensorProto.FLOAT, None)],
+        [tensor_info(y, TensorProto.FLOAT, None), tensor_info(grad, TensorProto.FLOAT, None)],
+    )
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), y
+
+
+def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """TensorFlow SAME padding (extra at the end), what ONNX's auto_pad=SAME_UPPER does."""
+    pads = []
+    for size in (x.shape[3], x.shape[2]):
+        total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
+
+
+W4 = np.random.default_rng(1).normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32)
+W_GROUPED = np.random.default_rng(2).normal(0, 0.5, (6, 2, 3, 3)).astype(np.float32)
+W_DEPTHWISE = np.random.default_rng(3).normal(0, 0.5, (4, 1, 5, 5)).astype(np.float32)
+BIAS6 = np.random.default_rng(4).normal(0, 0.5, 6).astype(np.float32)
+
+
+def _conv(weight, bias=None, **attrs) -> Emit:
+    def emit(g: GraphBuilder, x: str) -> str:
+        inputs = [x, g.weight("w", weight)] + ([g.weight("b", bias)] if bias is not None else [])
+        return g.op("Conv", *inputs, kernel_shape=list(weight.shape[2:]), **attrs)
+
+    return emit
+
+
+def _unary(op: str, *constants: float, **attrs) -> Emit:
+    return lambda g, x: g.op(op, x, *[g.const(c) for c in constants], **attrs)
+
+
+def _t(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array)
+
+
+def _bn_emit(g: GraphBuilder, x: str) -> str:
+    rng = np.random.default_rng(5)
+    scale, bias = rng.uniform(0.5, 1.5, 4), rng.normal(0, 1, 4)
+    mean, var = rng.normal(0, 1, 4), rng.uniform(0.5, 2, 4)
+    params = [g.const(p.astype(np.float32)) for p in (scale, bias, mean, var)]
+    return g.op("BatchNormalization", x, *params, epsilon=1e-3)
+
+
+def _bn_reference(x: torch.Tensor) -> torch.Tensor:
+    rng = np.random.default_rng(5)
+    scale, bias = rng.uniform(0.5, 1.5, 4), rng.normal(0, 1, 4)
+    mean, var = rng.normal(0, 1, 4), rng.uniform(0.5, 2, 4)
+    as_t = [torch.tensor(p, dtype=torch.float32) for p in (mean, var, scale, bias)]
+    return F.batch_norm(x, *as_t, training=False, eps=1e-3)
+
+
+CASES = [
+    Case("conv_stride1_symmetric", _conv(W4, BIAS6, pads=[1, 1, 1, 1]), lambda x: F.conv2d(x, _t(W4), _t(BIAS6), padding=1)),
+    Case("conv_stride2_symmetric_odd", _conv(W4, pads=[1, 1, 1, 1], strides=[2, 2]), lambda x: F.conv2d(x, _t(W4), stride=2, padding=1)),
+    Case("conv_stride2_even_size", _conv(W4, pads=[1, 1, 1, 1], strides=[2, 2]), lambda x: F.conv2d(x, _t(W4), stride=2, padding=1), (1, 4, 10, 12)),
+    Case("conv_stride3_no_pad", _conv(W4, strides=[3, 3]), lambda x: F.conv2d(x, _t(W4), stride=3), (1, 4, 11, 10)),
+    Case(
+        "conv_asymmetric_pads",
+        _conv(W4, pads=[0, 1, 2, 1]),
+        lambda x: F.conv2d(F.pad(x, [1, 1, 0, 2]), _t(W4)),
+    ),
+    Case(
+        "conv_asymmetric_pads_stride2",
+        _conv(W4, pads=[1, 0, 0, 2], strides=[2, 2]),
+        lambda x: F.conv2d(F.pad(x, [0, 2, 1, 0]), _t(W4), stride=2),
+    ),
+    Case("conv_dilated", _conv(W4, pads=[2, 2, 2, 2], dilations=[2, 2]), lambda x: F.conv2d(x, _t(W4), padding=2, dilation=2)),
+    Case("conv_grouped", _conv(W_GROUPED, pads=[1, 1, 1, 1], group=2), lambda x: F.conv2d(x, _t(W_GROUPED), padding=1, groups=2)),
+    Case(
+        "conv_depthwise_same_upper_odd",
+        _conv(W_DEPTHWISE, strides=[2, 2], group=4, auto_pad="SAME_UPPER"),
+        lambda x: F.conv2d(_same_pad(x, 5, 2), _t(W_DEPTHWISE), stride=2, groups=4),
+        (1, 4, 9, 11),
+    ),
+    Case(
+        "conv_depthwise_same_upper_even",
+        _conv(W_DEPTHWISE, strides=[2, 2], group=4, auto_pad="SAME_UPPER"),
+        lambda x: F.conv2d(_same_pad(x, 5, 2), _t(W_DEPTHWISE), stride=2, groups=4),
+        (1, 4, 10, 12),
+    ),
+    Case("relu", _unary("Relu"), F.relu),
+    Case("clip_relu6", lambda g, x: g.op("Clip", g.op("Mul", x, g.const(8.0)), g.const(0.0), g.const(6.0)), lambda x: F.relu6(x * 8), kinks=(0.0, 0.75)),
+    Case("leaky_relu", _unary("LeakyRelu", alpha=0.1), lambda x: F.leaky_relu(x, 0.1)),
+    Case("sigmoid", _unary("Sigmoid"), torch.sigmoid),
+    Case("tanh", _unary("Tanh"), torch.tanh),
+    Case("hard_sigmoid", lambda g, x: g.op("HardSigmoid", g.op("Mul", x, g.const(4.0)), alpha=1 / 6, beta=0.5), lambda x: F.hardsigmoid(x * 4), kinks=(-0.75, 0.75)),
+    Case("hard_swish", lambda g, x: g.op("HardSwish", g.op("Mul", x, g.const(4.0))), lambda x: F.hardswish(x * 4), kinks=(-0.75, 0.75)),
+    Case(
+        "maxpool_overlapping_ceil",
+        lambda g, x: g.op("MaxPool", x, kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+        lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True),
+    ),
+    Case(
+        "maxpool_stride1_padded",
+        lambda g, x: g.op("MaxPool", x, kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], ceil_mode=1),
+        lambda x: F.max_pool2d(x, 3, 1, 1, ceil_mode=True),
+    ),
+    Case(
+        "maxpool_padded_ceil_even",
+        lambda g, x: g.op("MaxPool", x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+        lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True),
+        (2, 4, 10, 8),
+    ),
+    Case(
+        "maxpool_2x2",
+        lambda g, x: g.op("MaxPool", x, kernel_shape=[2, 2], strides=[2, 2]),
+        lambda x: F.max_pool2d(x, 2, 2),
+    ),
+    Case(
+        "avgpool_padded_count_pad",
+        lambda g, x: g.op("AveragePool", x, kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=1),
+        lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=True),
+    ),
+    Case(
+        "avgpool_padded_exclude_pad",
+        lambda g, x: g.op("AveragePool", x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0),
+        lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+    ),
+    Case(
+        "avgpool_2x2_stride2_odd",
+        lambda g, x: g.op("AveragePool", x, kernel_shape=[2, 2], strides=[2, 2]),
+        lambda x: F.avg_pool2d(x, 2, 2),
+    ),
+    Case("global_average_pool", _unary("GlobalAveragePool"), lambda x: x.mean((2, 3), keepdim=True)),
+    Case("reduce_mean", lambda g, x: g.op("ReduceMean", x, axes=[2, 3], keepdims=0), lambda x: x.mean((2, 3))),
+    Case(
+        "lrn_size5",
+        lambda g, x: g.op("LRN", g.op("Mul", x, g.const(10.0)), size=5, alpha=1e-2, beta=0.75, bias=1.0),
+        lambda x: F.local_response_norm(x * 10, 5, 1e-2, 0.75, 1.0),
+        (2, 7, 5, 6),
+    ),
+    Case(
+        "lrn_size3_other_constants",
+        lambda g, x: g.op("LRN", g.op("Mul", x, g.const(3.0)), size=3, alpha=0.2, beta=0.6, bias=2.0),
+        lambda x: F.local_response_norm(x * 3, 3, 0.2, 0.6, 2.0),
+        (1, 7, 5, 6),
+    ),
+    Case(
+        "concat_two_branches",
+        lambda g, x: g.op("Concat", g.op("Relu", x), g.op("Mul", x, x), axis=1),
+        lambda x: torch.cat([F.relu(x), x * x], 1),
+    ),
+    Case("batchnorm_inference", _bn_emit, _bn_reference),
+    Case(
+        "add_broadcast_constant",
+        lambda g, x: g.op("Add", x, g.const(np.arange(4, dtype=np.float32).reshape(1, 4, 1, 1))),
+        lambda x: x + torch.arange(4.0).reshape(1, 4, 1, 1),
+    ),
+    Case(
+        "mul_broadcast_both_active",
+        lambda g, x: g.op("Mul", x, g.op("Sigmoid", g.op("GlobalAveragePool", x))),
+        lambda x: x * torch.sigmoid(x.mean((2, 3), keepdim=True)),
+    ),
+    Case(
+        "sub_both_active",
+        lambda g, x: g.op("Sub", g.op("Mul", x, x), g.op("Relu", x)),
+        lambda x: x * x - F.relu(x),
+    ),
+    Case(
+        "div_both_active",
+        lambda g, x: g.op("Div", x, g.op("Add", g.op("Mul", x, x), g.const(1.0))),
+        lambda x: x / (x * x + 1),
+    ),
+    Case("sum_three", lambda g, x: g.op("Sum", x, g.op("Relu", x), g.op("Neg", x)), lambda x: x + F.relu(x) - x),
+    Case(
+        "pad_asymmetric",
+        lambda g, x: g.op("Pad", x, g.ints([0, 0, 1, 2, 0, 0, 3, 0])),
+        lambda x: F.pad(x, [2, 0, 1, 3]),
+    ),
+    Case(
+        "gather_permutation",
+        lambda g, x: g.op("Mul", g.op("Gather", x, g.ints([2, 0, 3, 1]), axis=1), g.const(np.arange(1, 5, dtype=np.float32).reshape(1, 4, 1, 1))),
+        lambda x: x[:, [2, 0, 3, 1]] * torch.arange(1.0, 5.0).reshape(1, 4, 1, 1),
+    ),
+    Case(
+        "flatten_reshape_transpose",
+        lambda g, x: g.op("Transpose", g.op("Flatten", g.op("Identity", x), axis=1), perm=[1, 0]),
+        lambda x: x.flatten(1).t(),
+    ),
+]
+
+
+def _inputs_away_from_kinks(rng: np.random.Generator, shape: tuple[int, ...], kinks: tuple[float, ...]) -> np.ndarray:
+    values = np.linspace(-1.0, 1.0, int(np.prod(shape)))
+    for kink in kinks:
+        near = np.abs(values - kink) < 0.01
+        values[near] += np.where(values[near] >= kink, 0.01, -0.01)
+    return rng.permutation(values).reshape(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_rule_matches_torch_autograd_and_finite_differences(case: Case) -> None:
+    rng = np.random.default_rng(zlib.crc32(case.name.encode()))
+    session, _ = _gradient_session(case.emit, case.shape[1])
+    x = _inputs_away_from_kinks(rng, case.shape, case.kinks)
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    y_torch = case.reference(x_torch)
+    dy = rng.normal(0.0, 1.0, tuple(y_torch.shape)).astype(np.float32)
+    y, grad = session.run(None, {"x": x, "dy": dy})
+
+    np.testing.assert_allclose(y, y_torch.detach().numpy(), rtol=1e-4, atol=1e-5)
+    y_torch.backward(torch.from_numpy(dy))
+    expected = x_torch.grad.numpy()
+    scale = np.abs(expected).max()
+    assert scale > 0
+    assert np.abs(grad - expected).max() / scale <= 1e-5
+
+    def objective(point: np.ndarray) -> float:
+        out = session.run(None, {"x": point.astype(np.float32), "dy": dy})[0]
+        return float(np.sum(out.astype(np.float64) * dy))
+
+    direction = rng.uniform(-1.0, 1.0, x.shape)
+    eps = 1e-3  # below half the spacing of the inputs: no pooling window changes its maximum
+    numeric = (objective(x + eps * direction) - objective(x - eps * direction)) / (2 * eps)
+    analytic = float(np.sum(grad.astype(np.float64) * direction))
+    assert abs(numeric - analytic) <= 2e-3 * max(1.0, abs(analytic))
+
+
+def test_unknown_op_is_an_error_naming_the_node() -> None:
+    def emit(g: GraphBuilder, x: str) -> str:
+        return g.op("Softmax", g.op("Relu", x), hint="my_softmax", axis=1)
+
+    with pytest.raises(UnsupportedOperator, match=r"my_softmax_node.*Softmax"):
+        _gradient_session(emit, 4)
+
+
+def test_gradient_with_respect_to_conv_weights_is_refused() -> None:
+    def emit(g: GraphBuilder, x: str) -> str:
+        weight = g.op("Reshape", g.op("Slice", x, g.ints([0]), g.ints([1]), g.ints([0])), g.ints([1, 4, 9, 8]))
+        return g.op("Conv", x, weight, kernel_shape=[9, 8])
+
+    with pytest.raises(UnsupportedOperator, match="Conv"):
+        _gradient_session(emit, 4)
