@@ -1,0 +1,145 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_FORMAT_UNSPECIFIED: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
+IMAGE_FORMAT_UNSPECIFIED: ImageFormat
+IMAGE_FORMAT_PNG: ImageFormat
+IMAGE_FORMAT_JPEG: ImageFormat
+IMAGE_FORMAT_WEBP: ImageFormat
+
+class DreamRequest(_message.Message):
+    __slots__ = ("image", "model", "layers", "octaves", "octave_scale", "steps_per_octave", "step_size", "jitter", "seed", "max_size", "width", "height", "format")
+    class LayersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    OCTAVES_FIELD_NUMBER: _ClassVar[int]
+    OCTAVE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_OCTAVE_FIELD_NUMBER: _ClassVar[int]
+    STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    model: str
+    layers: _containers.ScalarMap[str, float]
+    octaves: int
+    octave_scale: float
+    steps_per_octave: int
+    step_size: float
+    jitter: int
+    seed: int
+    max_size: int
+    width: int
+    height: int
+    format: ImageFormat
+    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., layers: _Optional[_Mapping[str, float]] = ..., octaves: _Optional[int] = ..., octave_scale: _Optional[float] = ..., steps_per_octave: _Optional[int] = ..., step_size: _Optional[float] = ..., jitter: _Optional[int] = ..., seed: _Optional[int] = ..., max_size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("octave", "octaves", "step", "steps_per_octave", "loss", "elapsed_seconds", "done")
+    OCTAVE_FIELD_NUMBER: _ClassVar[int]
+    OCTAVES_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_OCTAVE_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    octave: int
+    octaves: int
+    step: int
+    steps_per_octave: int
+    loss: float
+    elapsed_seconds: float
+    done: float
+    def __init__(self, octave: _Optional[int] = ..., octaves: _Optional[int] = ..., step: _Optional[int] = ..., steps_per_octave: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., done: _Optional[float] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("octave", "octaves", "width", "height", "image", "format", "final")
+    OCTAVE_FIELD_NUMBER: _ClassVar[int]
+    OCTAVES_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    octave: int
+    octaves: int
+    width: int
+    height: int
+    image: bytes
+    format: ImageFormat
+    final: bool
+    def __init__(self, octave: _Optional[int] = ..., octaves: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., image: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., final: _Optional[bool] = ...) -> None: ...
+
+class DreamResponse(_message.Message):
+    __slots__ = ("progress", "frame")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    frame: Frame
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Layer(_message.Message):
+    __slots__ = ("name", "channels", "stride")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    channels: int
+    stride: int
+    def __init__(self, name: _Optional[str] = ..., channels: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("name", "backbone", "layers", "default_layers", "min_size", "max_size")
+    class DefaultLayersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    backbone: str
+    layers: _containers.RepeatedCompositeFieldContainer[Layer]
+    default_layers: _containers.ScalarMap[str, float]
+    min_size: int
+    max_size: int
+    def __init__(self, name: _Optional[str] = ..., backbone: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., default_layers: _Optional[_Mapping[str, float]] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "default_model")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    default_model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
