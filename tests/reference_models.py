@@ -706,12 +706,15 @@ def random_state_dict(arch: str, seed: int = 0, aux: bool = False) -> dict[str, 
     Convolutions are He-initialised (normal, std sqrt(2 / fan_in)), linear
     layers get std sqrt(1 / fan_in), biases are small; batch norms get scales
     around 1, small shifts and means, running variances in [0.5, 2] and
-    `num_batches_tracked` 0, like a trained network's.
+    `num_batches_tracked` 0, like a trained network's. The last batch norm of
+    each ResNet residual branch gets scales in [0.1, 0.4], as trained ResNets
+    have, so that activations do not grow block after block.
     """
     _check_backbone(arch)
     with torch.device("meta"):
         model = _CONSTRUCTORS[arch](aux)
     norms = {name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    branch_ends = {f"{name}.bn3" for name, m in model.named_modules() if isinstance(m, _Bottleneck)}
     rng = np.random.default_rng(seed)
     state: dict[str, np.ndarray] = {}
     for key, tensor in model.state_dict().items():
@@ -721,7 +724,7 @@ def random_state_dict(arch: str, seed: int = 0, aux: bool = False) -> dict[str, 
             if leaf == "num_batches_tracked":
                 value = np.array(0, dtype=np.int64)
             elif leaf == "weight":
-                value = rng.uniform(0.7, 1.3, shape)
+                value = rng.uniform(*((0.1, 0.4) if owner in branch_ends else (0.7, 1.3)), shape)
             elif leaf == "running_var":
                 value = rng.uniform(0.5, 2.0, shape)
             else:  # bias, running_mean

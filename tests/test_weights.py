@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from dreamstream.export.weights import (
     WeightsError,
     load_torch_checkpoint,
