@@ -1,0 +1,141 @@
+"""`dreamstream export onnx` (a user's own classifier) and the export tool's command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from dreamstream.export.api import OnnxOptions, export_model
+from dreamstream.export.backbones.onnx_file import OnnxBackboneError
+from dreamstream.export.manifest import read_manifest
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class TinyClassifier(nn.Module):
+    """Ops a user's network typically has: conv+BN, ReLU, max pool, residual add, squeeze-excite, HardSwish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.body = nn.Conv2d(8, 8, 3, 1, 1)
+        self.excite = nn.Conv2d(8, 8, 1)
+        self.head = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.Hardswish())
+        self.fc = nn.Linear(16, 10)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.pool(self.stem(x))
+        b = torch.relu(self.body(s)) + s
+        b = b * torch.sigmoid(self.excite(b.mean((2, 3), keepdim=True)))
+        return b, self.head(b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x)[1].mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> tuple[Path, list[str]]:
+    """The classifier exported by torch at a fixed 224x224, and the names of its two feature tensors."""
+    path = tmp_path_factory.mktemp("user") / "tiny.onnx"
+    model = TinyClassifier().eval()
+    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(path), opset_version=13, dynamo=False)
+    graph = onnx.load(str(path)).graph
+    # torch writes the squeeze-excite product, then HardSwish as HardSigmoid times its input.
+    muls = [node.output[0] for node in graph.node if node.op_type == "Mul"]
+    return path, [muls[0], muls[-1]]
+
+
+def test_user_onnx_gradient_matches_torch(tiny_onnx, tmp_path):
+    path, layers = tiny_onnx
+    model_dir = export_model(
+        "onnx", tmp_path, name="tiny", onnx_options=OnnxOptions(path=path, layers=layers, mean=MEAN, std=STD)
+    )
+    manifest = read_manifest(model_dir)
+    assert [layer.channels for layer in manifest.layers] == [8, 16]
+    assert [layer.stride for layer in manifest.layers] == [4, 8]
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 1, (2, 3, 45, 38)).astype(np.float32)  # not the 224 it was exported at
+    session = ort.InferenceSession(str(model_dir / manifest.layers[-1].graph), providers=["CPUExecutionProvider"])
+    layer_weights = np.array([0.5, 1.0], np.float32)
+    loss, grad, _ = session.run(
+        None, {"image": image, "layer_weights": layer_weights, "channel_weights": np.ones(24, np.float32)}
+    )
+
+    reference = TinyClassifier().eval().double()
+    x = torch.from_numpy(image).double().requires_grad_(True)
+    normalised = (x - torch.tensor(MEAN).double().view(1, 3, 1, 1)) / torch.tensor(STD).double().view(1, 3, 1, 1)
+    body, head = reference.features(normalised)
+    expected = 0.5 * (body**2).mean((1, 2, 3)) + 1.0 * (head**2).mean((1, 2, 3))
+    expected.sum().backward()
+    np.testing.assert_allclose(loss, expected.detach().numpy(), rtol=1e-4)
+    assert np.abs(grad - x.grad.numpy()).max() / np.abs(x.grad.numpy()).max() <= 1e-4
+
+
+def test_user_onnx_unknown_tensor_names_the_closest(tiny_onnx, tmp_path):
+    path, layers = tiny_onnx
+    with pytest.raises(OnnxBackboneError, match="has no tensor 'not_a_tensor'"):
+        export_model("onnx", tmp_path, onnx_options=OnnxOptions(path=path, layers=["not_a_tensor"]))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    code = "import sys; from dreamstream.client.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_unknown_backbone_lists_the_known_ones(tmp_path):
+    result = _cli("export", "alexnet", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "unknown backbone 'alexnet'" in result.stderr
+    for known in ("efficientnet-lite0", "googlenet-bvlc", "onnx"):
+        assert known in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_backbone_without_packaged_weights_asks_for_them(tmp_path):
+    result = _cli("export", "googlenet-bvlc", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "--weights" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_misshaped_weight_names_the_layer_and_expected_shape(tmp_path):
+    weights = {f"conv1/7x7_s2/weight": np.zeros((64, 3, 5, 5), np.float32)}
+    path = tmp_path / "broken.npz"
+    np.savez(path, **weights)
+    result = _cli("export", "googlenet-bvlc", "--out", str(tmp_path / "models"), "--weights", str(path))
+    assert result.returncode == 2
+    assert "conv1/7x7_s2/weight" in result.stderr and "(64, 3, 7, 7)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "models" / "googlenet-bvlc").exists()
+
+
+def test_cli_exports_and_lists_layers_deepest_last(tmp_path):
+    result = _cli("export", "efficientnet-lite0", "--out", str(tmp_path), "--name", "lite")
+    assert result.returncode == 0, result.stderr
+    listing = _cli("layers", str(tmp_path / "lite"))
+    assert listing.returncode == 0, listing.stderr
+    rows = [line.split() for line in listing.stdout.strip().splitlines()[1:]]
+    assert rows[0][:3] == ["stem", "32", "2"]
+    assert rows[-1][:3] == ["head", "1280", "32"]
+    assert any(len(row) == 4 for row in rows)  # the default layers carry their weight
+
+
+def test_cli_layers_of_a_directory_that_is_no_model(tmp_path):
+    result = _cli("layers", str(tmp_path))
+    assert result.returncode == 2
+    assert "manifest.json" in result.stderr and "Traceback" not in result.stderr
