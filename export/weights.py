@@ -271,11 +271,13 @@ def _allowed_global(module: str, name: str) -> object | None:
         return OrderedDict
     if module == "torch._utils":
         return {
+            "_rebuild_tensor": _rebuild_tensor_v2,  # torch < 0.4: the first four arguments
             "_rebuild_tensor_v2": _rebuild_tensor_v2,
             "_rebuild_parameter": _rebuild_parameter,
             "_rebuild_parameter_with_state": _rebuild_parameter_with_state,
         }.get(name)
-    if module in ("torch", "torch.storage") and name in _STORAGE_DTYPES:
+    # torch.cuda.*Storage: legacy files saved from a GPU (the location is ignored)
+    if module in ("torch", "torch.cuda", "torch.storage") and name in _STORAGE_DTYPES:
         if module == "torch.storage" and name != "UntypedStorage":
             return None
         return _StorageType(name, _STORAGE_DTYPES[name])

@@ -83,6 +83,26 @@ def test_tensors_sharing_one_storage_each_read_their_own_part(tmp_path: Path):
     np.testing.assert_array_equal(ours["whole"], np.arange(10))
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"torch._utils\n_rebuild_tensor_v2\n", b"torch._utils\n_rebuild_tensor\n"),
+        (b"torch\nFloatStorage\n", b"torch.cuda\nFloatStorage\n"),
+    ],
+    ids=["torch-0.3-rebuild", "saved-from-gpu"],
+)
+def test_older_legacy_spellings_read_back_equal(tmp_path: Path, old: bytes, new: bytes):
+    state = OrderedDict(weight=torch.arange(6.0).reshape(2, 3).t(), bias=torch.ones(3))
+    path = tmp_path / "old.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    content = path.read_bytes()
+    assert old in content
+    path.write_bytes(content.replace(old, new))
+    ours = read_torch_state_dict(path)
+    for key, tensor in state.items():
+        np.testing.assert_array_equal(ours[key], tensor.numpy())
+
+
 def test_bfloat16_is_widened_to_float32(tmp_path: Path):
     values = torch.tensor([1.0, -3.5, 1e-3, 65280.0], dtype=torch.bfloat16)
     path = tmp_path / "bf16.pth"
