@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,3 +42,88 @@ def googlenet_bvlc_dir(models_dir: Path) -> Path:
     from dreamstream.export.api import export_model
 
     return export_model("googlenet-bvlc", models_dir, weights=require_shared(BVLC_WEIGHTS))
+
+
+# --- Serving: the engine, real gRPC servers on loopback, and clients. ---
+
+
+def shared_image(name: str) -> Path:
+    """A photograph of ../shared/images; skips the test when it is absent."""
+    return require_shared(IMAGES / name)
+
+
+@pytest.fixture
+def coffee() -> Path:
+    return shared_image("coffee.png")
+
+
+@pytest.fixture(scope="session")
+def repository(lite0_dir: Path) -> Any:
+    """The models directory holding the real efficientnet-lite0, loaded on the CPU."""
+    from dreamstream.server.models import ModelRepository
+
+    models = ModelRepository(lite0_dir.parent, device="cpu")
+    models.load()
+    return models
+
+
+@pytest.fixture(scope="session")
+def engine(repository: Any) -> Any:
+    from dreamstream.server.engine import DreamEngine
+
+    return DreamEngine(repository)
+
+
+class ServerThread:
+    """A DreamServer on 127.0.0.1, port picked by gRPC, run by an event loop in its own thread."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.port = self.run(server.start("127.0.0.1", 0))
+        self.target = f"127.0.0.1:{self.port}"
+
+    def run(self, coroutine: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
+        """Run `coroutine` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def stop(self) -> None:
+        self.run(self.server.stop(grace=None))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Iterator[Callable[..., ServerThread]]:
+    """start_server(repository, load=True, **DreamServer options) -> a running ServerThread."""
+    from dreamstream.server.app import DreamServer
+
+    started: list[ServerThread] = []
+
+    def start(repository: Any, load: bool = True, **options: Any) -> ServerThread:
+        thread = ServerThread(DreamServer(repository, **options))
+        started.append(thread)
+        if load:
+            thread.run(thread.server.load())
+        return thread
+
+    yield start
+    for thread in started:
+        thread.stop()
+
+
+@pytest.fixture(scope="session")
+def server(start_server: Callable[..., ServerThread], repository: Any) -> ServerThread:
+    """The shared server: one dream at a time, four more may wait."""
+    return start_server(repository, max_concurrent=1, max_queue=4)
+
+
+@pytest.fixture
+def client(server: ServerThread) -> Iterator[Any]:
+    from dreamstream.client import DreamClient
+
+    with DreamClient(server.target) as dream_client:
+        yield dream_client
