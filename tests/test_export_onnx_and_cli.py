@@ -114,7 +114,7 @@ def test_cli_backbone_without_packaged_weights_asks_for_them(tmp_path):
 
 
 def test_cli_misshaped_weight_names_the_layer_and_expected_shape(tmp_path):
-    weights = {f"conv1/7x7_s2/weight": np.zeros((64, 3, 5, 5), np.float32)}
+    weights = {"conv1/7x7_s2/weight": np.zeros((64, 3, 5, 5), np.float32)}
     path = tmp_path / "broken.npz"
     np.savez(path, **weights)
     result = _cli("export", "googlenet-bvlc", "--out", str(tmp_path / "models"), "--weights", str(path))

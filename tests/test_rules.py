@@ -10,7 +10,6 @@ f(x) = sum(dy * y(x)), accumulated in float64.
 from __future__ import annotations
 
 import zlib
-
 from collections import ChainMap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,9 +117,22 @@ def _bn_reference(x: torch.Tensor) -> torch.Tensor:
 
 
 CASES = [
-    Case("conv_stride1_symmetric", _conv(W4, BIAS6, pads=[1, 1, 1, 1]), lambda x: F.conv2d(x, _t(W4), _t(BIAS6), padding=1)),
-    Case("conv_stride2_symmetric_odd", _conv(W4, pads=[1, 1, 1, 1], strides=[2, 2]), lambda x: F.conv2d(x, _t(W4), stride=2, padding=1)),
-    Case("conv_stride2_even_size", _conv(W4, pads=[1, 1, 1, 1], strides=[2, 2]), lambda x: F.conv2d(x, _t(W4), stride=2, padding=1), (1, 4, 10, 12)),
+    Case(
+        "conv_stride1_symmetric",
+        _conv(W4, BIAS6, pads=[1, 1, 1, 1]),
+        lambda x: F.conv2d(x, _t(W4), _t(BIAS6), padding=1),
+    ),
+    Case(
+        "conv_stride2_symmetric_odd",
+        _conv(W4, pads=[1, 1, 1, 1], strides=[2, 2]),
+        lambda x: F.conv2d(x, _t(W4), stride=2, padding=1),
+    ),
+    Case(
+        "conv_stride2_even_size",
+        _conv(W4, pads=[1, 1, 1, 1], strides=[2, 2]),
+        lambda x: F.conv2d(x, _t(W4), stride=2, padding=1),
+        (1, 4, 10, 12),
+    ),
     Case("conv_stride3_no_pad", _conv(W4, strides=[3, 3]), lambda x: F.conv2d(x, _t(W4), stride=3), (1, 4, 11, 10)),
     Case(
         "conv_asymmetric_pads",
@@ -132,8 +144,16 @@ CASES = [
         _conv(W4, pads=[1, 0, 0, 2], strides=[2, 2]),
         lambda x: F.conv2d(F.pad(x, [0, 2, 1, 0]), _t(W4), stride=2),
     ),
-    Case("conv_dilated", _conv(W4, pads=[2, 2, 2, 2], dilations=[2, 2]), lambda x: F.conv2d(x, _t(W4), padding=2, dilation=2)),
-    Case("conv_grouped", _conv(W_GROUPED, pads=[1, 1, 1, 1], group=2), lambda x: F.conv2d(x, _t(W_GROUPED), padding=1, groups=2)),
+    Case(
+        "conv_dilated",
+        _conv(W4, pads=[2, 2, 2, 2], dilations=[2, 2]),
+        lambda x: F.conv2d(x, _t(W4), padding=2, dilation=2),
+    ),
+    Case(
+        "conv_grouped",
+        _conv(W_GROUPED, pads=[1, 1, 1, 1], group=2),
+        lambda x: F.conv2d(x, _t(W_GROUPED), padding=1, groups=2),
+    ),
     Case(
         "conv_depthwise_same_upper_odd",
         _conv(W_DEPTHWISE, strides=[2, 2], group=4, auto_pad="SAME_UPPER"),
@@ -147,12 +167,27 @@ CASES = [
         (1, 4, 10, 12),
     ),
     Case("relu", _unary("Relu"), F.relu),
-    Case("clip_relu6", lambda g, x: g.op("Clip", g.op("Mul", x, g.const(8.0)), g.const(0.0), g.const(6.0)), lambda x: F.relu6(x * 8), kinks=(0.0, 0.75)),
+    Case(
+        "clip_relu6",
+        lambda g, x: g.op("Clip", g.op("Mul", x, g.const(8.0)), g.const(0.0), g.const(6.0)),
+        lambda x: F.relu6(x * 8),
+        kinks=(0.0, 0.75),
+    ),
     Case("leaky_relu", _unary("LeakyRelu", alpha=0.1), lambda x: F.leaky_relu(x, 0.1)),
     Case("sigmoid", _unary("Sigmoid"), torch.sigmoid),
     Case("tanh", _unary("Tanh"), torch.tanh),
-    Case("hard_sigmoid", lambda g, x: g.op("HardSigmoid", g.op("Mul", x, g.const(4.0)), alpha=1 / 6, beta=0.5), lambda x: F.hardsigmoid(x * 4), kinks=(-0.75, 0.75)),
-    Case("hard_swish", lambda g, x: g.op("HardSwish", g.op("Mul", x, g.const(4.0))), lambda x: F.hardswish(x * 4), kinks=(-0.75, 0.75)),
+    Case(
+        "hard_sigmoid",
+        lambda g, x: g.op("HardSigmoid", g.op("Mul", x, g.const(4.0)), alpha=1 / 6, beta=0.5),
+        lambda x: F.hardsigmoid(x * 4),
+        kinks=(-0.75, 0.75),
+    ),
+    Case(
+        "hard_swish",
+        lambda g, x: g.op("HardSwish", g.op("Mul", x, g.const(4.0))),
+        lambda x: F.hardswish(x * 4),
+        kinks=(-0.75, 0.75),
+    ),
     Case(
         "maxpool_overlapping_ceil",
         lambda g, x: g.op("MaxPool", x, kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
@@ -176,12 +211,16 @@ CASES = [
     ),
     Case(
         "avgpool_padded_count_pad",
-        lambda g, x: g.op("AveragePool", x, kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=1),
+        lambda g, x: g.op(
+            "AveragePool", x, kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=1
+        ),
         lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=True),
     ),
     Case(
         "avgpool_padded_exclude_pad",
-        lambda g, x: g.op("AveragePool", x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0),
+        lambda g, x: g.op(
+            "AveragePool", x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0
+        ),
         lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
     ),
     Case(
@@ -237,7 +276,11 @@ CASES = [
     ),
     Case(
         "gather_permutation",
-        lambda g, x: g.op("Mul", g.op("Gather", x, g.ints([2, 0, 3, 1]), axis=1), g.const(np.arange(1, 5, dtype=np.float32).reshape(1, 4, 1, 1))),
+        lambda g, x: g.op(
+            "Mul",
+            g.op("Gather", x, g.ints([2, 0, 3, 1]), axis=1),
+            g.const(np.arange(1, 5, dtype=np.float32).reshape(1, 4, 1, 1)),
+        ),
         lambda x: x[:, [2, 0, 3, 1]] * torch.arange(1.0, 5.0).reshape(1, 4, 1, 1),
     ),
     Case(
