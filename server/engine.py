@@ -140,9 +140,7 @@ class DreamPlan:
         return self.sizes[-1]
 
 
-def octave_sizes(
-    height: int, width: int, octaves: int, scale: float, min_size: int
-) -> tuple[tuple[int, int], ...]:
+def octave_sizes(height: int, width: int, octaves: int, scale: float, min_size: int) -> tuple[tuple[int, int], ...]:
     """(height, width) of each octave, smallest first, ending at (height, width).
 
     Each octave is `scale` times smaller than the next; none has a side below
@@ -193,24 +191,19 @@ class DreamEngine:
         for name, weight in layers.items():
             if name not in known:
                 raise InvalidParams(
-                    f"unknown layer {name!r} for model {manifest.name}: "
-                    f"its layers are {', '.join(known)}"
+                    f"unknown layer {name!r} for model {manifest.name}: its layers are {', '.join(known)}"
                 )
             if not math.isfinite(weight):
                 raise InvalidParams(f"layer {name!r} has weight {weight}: use a finite number")
         if not any(layers.values()):
-            raise InvalidParams(
-                "every layer weight is zero: give at least one layer a non-zero weight"
-            )
+            raise InvalidParams("every layer weight is zero: give at least one layer a non-zero weight")
 
         if image is not None:
             height, width = image.shape[:2]
         elif size is not None:
             height, width = size
         else:
-            raise InvalidParams(
-                "no picture: send an image, or a width and height to dream on noise"
-            )
+            raise InvalidParams("no picture: send an image, or a width and height to dream on noise")
         if min(height, width) < manifest.min_size:
             raise InvalidParams(
                 f"the picture is {width}x{height} px; model {manifest.name} needs at least "
@@ -229,9 +222,7 @@ class DreamEngine:
             model=chosen,
             params=params,
             start=image,
-            sizes=octave_sizes(
-                height, width, params.octaves, params.octave_scale, manifest.min_size
-            ),
+            sizes=octave_sizes(height, width, params.octaves, params.octave_scale, manifest.min_size),
             layer=deepest_layer(manifest, layers),
             layer_weights=layer_weights,
             # Every channel counts the same until per-channel dreams arrive; the graphs
@@ -239,9 +230,7 @@ class DreamEngine:
             channel_weights=np.ones(manifest.channel_total, np.float32),
         )
 
-    def run(
-        self, plan: DreamPlan, cancel: threading.Event | None = None
-    ) -> Iterator[Step | Octave]:
+    def run(self, plan: DreamPlan, cancel: threading.Event | None = None) -> Iterator[Step | Octave]:
         """Dream `plan`, yielding a Step after every step and an Octave after every octave.
 
         Setting `cancel` stops the dream before its next step with DreamCancelled.
@@ -344,9 +333,7 @@ class _BoundSteps:
     so a step copies nothing but its shift in and its loss out.
     """
 
-    def __init__(
-        self, session: ort.InferenceSession, constants: dict[str, np.ndarray], device: str
-    ) -> None:
+    def __init__(self, session: ort.InferenceSession, constants: dict[str, np.ndarray], device: str) -> None:
         self._session = session
         self._device = device
         self._binding = session.io_binding()
@@ -362,9 +349,7 @@ class _BoundSteps:
     def start(self, image: np.ndarray) -> None:
         batch = np.ascontiguousarray(image[None], np.float32)
         self._image = ort.OrtValue.ortvalue_from_numpy(batch, self._device, 0)
-        self._spare = ort.OrtValue.ortvalue_from_shape_and_type(
-            batch.shape, np.float32, self._device, 0
-        )
+        self._spare = ort.OrtValue.ortvalue_from_shape_and_type(batch.shape, np.float32, self._device, 0)
 
     def step(self, shift: np.ndarray) -> float:
         self._binding.bind_cpu_input(SHIFT, shift)
@@ -384,8 +369,5 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
         return image
     # Pillow's float ("F") mode resamples with antialiasing when shrinking.
     return np.stack(
-        [
-            np.asarray(Image.fromarray(channel).resize((width, height), Image.Resampling.BICUBIC))
-            for channel in image
-        ]
+        [np.asarray(Image.fromarray(channel).resize((width, height), Image.Resampling.BICUBIC)) for channel in image]
     )

@@ -51,13 +51,9 @@ def decode(data: bytes, max_size: int) -> np.ndarray:
     except ImageError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(
-            f"cannot decode the image ({error}): send PNG, JPEG or WebP bytes"
-        ) from error
+        raise ImageError(f"cannot decode the image ({error}): send PNG, JPEG or WebP bytes") from error
     if max(picture.size) > max_size:
-        picture = picture.resize(
-            fit(picture.width, picture.height, max_size), Image.Resampling.LANCZOS
-        )
+        picture = picture.resize(fit(picture.width, picture.height, max_size), Image.Resampling.LANCZOS)
     return np.asarray(picture, np.float32) / 255.0
 
 

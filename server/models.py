@@ -134,9 +134,7 @@ class ModelRepository:
             for layer in manifest.layers:
                 for graph in (layer.graph, layer.step_graph):
                     if not (directory / graph).is_file():
-                        raise RepositoryError(
-                            f"{directory}: graph {graph} is missing: re-export it"
-                        )
+                        raise RepositoryError(f"{directory}: graph {graph} is missing: re-export it")
             found.append((directory, manifest))
         if not found:
             raise RepositoryError(f"no exported models in {self.root}: {self._hint}")

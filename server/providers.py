@@ -43,17 +43,13 @@ class Device:
 
     @property
     def describe(self) -> str:
-        return (
-            "CUDA (CUDAExecutionProvider)" if self.kind == "cuda" else "CPU (CPUExecutionProvider)"
-        )
+        return "CUDA (CUDAExecutionProvider)" if self.kind == "cuda" else "CPU (CPUExecutionProvider)"
 
 
 def choose_device(requested: str) -> Device:
     """The device to try for `requested` (auto, cuda or cpu), before any session proves it."""
     if requested not in DEVICE_CHOICES:
-        raise DeviceError(
-            f"unknown device {requested!r}: choose one of {', '.join(DEVICE_CHOICES)}"
-        )
+        raise DeviceError(f"unknown device {requested!r}: choose one of {', '.join(DEVICE_CHOICES)}")
     if requested == "cpu":
         return Device("cpu", requested)
     if CUDA in ort.get_available_providers():

@@ -76,9 +76,7 @@ def test_the_dream_raises_the_loss_at_every_octave(engine: DreamEngine, coffee: 
         assert np.mean(losses[-3:]) > losses[0] * 1.1, f"octave {octave}: {losses}"
 
 
-def test_jitter_is_undone_so_the_step_follows_the_unjittered_gradient(
-    engine: DreamEngine, coffee: Path
-) -> None:
+def test_jitter_is_undone_so_the_step_follows_the_unjittered_gradient(engine: DreamEngine, coffee: Path) -> None:
     # A CNN is nearly shift-equivariant, so a jittered step rolled back in place moves
     # the pixels the way an unjittered step does; a step left rolled (or rolled back
     # the wrong way) is uncorrelated with it. block0 is shallow enough to be nearly
@@ -86,9 +84,7 @@ def test_jitter_is_undone_so_the_step_follows_the_unjittered_gradient(
     image = picture(coffee)
 
     def update(jitter: int, seed: int) -> np.ndarray:
-        events = dream(
-            engine, image, layers={"block0": 1.0}, octaves=1, steps=1, jitter=jitter, seed=seed
-        )
+        events = dream(engine, image, layers={"block0": 1.0}, octaves=1, steps=1, jitter=jitter, seed=seed)
         return octaves_of(events)[-1].image - image
 
     still = update(0, 0)
@@ -136,11 +132,7 @@ def test_each_octave_carries_its_detail_up_to_the_next(engine: DreamEngine, coff
     small = np.asarray(imaging.to_pil(image).resize((width, height), Image.Resampling.BICUBIC))
     detail = first.image - small / 255.0
     carried = (
-        np.asarray(
-            imaging.to_pil(np.clip(detail + 0.5, 0, 1)).resize(
-                image.shape[1::-1], Image.Resampling.BICUBIC
-            )
-        )
+        np.asarray(imaging.to_pil(np.clip(detail + 0.5, 0, 1)).resize(image.shape[1::-1], Image.Resampling.BICUBIC))
         / 255.0
         - 0.5
     )
@@ -161,9 +153,7 @@ def test_the_device_bound_path_dreams_exactly_like_numpy_feeding(repository, cof
         np.testing.assert_array_equal(host.image, bound.image)
 
 
-def test_a_set_cancel_flag_stops_the_dream_before_the_next_step(
-    engine: DreamEngine, coffee: Path
-) -> None:
+def test_a_set_cancel_flag_stops_the_dream_before_the_next_step(engine: DreamEngine, coffee: Path) -> None:
     cancel = threading.Event()
     plan = engine.plan(picture(coffee), DreamParams(octaves=1, steps=100), DEFAULT_MODEL)
     before = engine.steps_run
@@ -232,7 +222,5 @@ def test_a_picture_above_the_models_max_size_is_refused(engine: DreamEngine) -> 
 
 
 def test_an_unknown_model_is_refused_with_the_known_ones(engine: DreamEngine) -> None:
-    with pytest.raises(
-        UnknownModel, match=f"unknown model 'nope': this server has .*{DEFAULT_MODEL}"
-    ):
+    with pytest.raises(UnknownModel, match=f"unknown model 'nope': this server has .*{DEFAULT_MODEL}"):
         engine.plan(None, DreamParams(), "nope", size=(64, 64))

@@ -41,9 +41,7 @@ def test_every_field_of_the_api_is_documented() -> None:
         for above, line in zip(lines, lines[1:], strict=False)
         if _is_field(line) and not above.strip().startswith("//")
     ]
-    assert not undocumented, (
-        f"fields without a comment right above them in dream.proto: {undocumented}"
-    )
+    assert not undocumented, f"fields without a comment right above them in dream.proto: {undocumented}"
 
 
 def _is_field(line: str) -> bool:
