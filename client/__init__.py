@@ -1,0 +1,40 @@
+"""The dreamstream client: call a dreamstream server from Python or the command line.
+
+from dreamstream.client import DreamClient
+
+with DreamClient("localhost:50051") as client:
+    for event in client.dream("photo.jpg", octaves=4):
+        if isinstance(event, Frame) and event.final:
+            event.image().save("dream.png")
+"""
+
+from dreamstream.client.client import AsyncDreamClient, DreamClient, DreamOptions, ImageInput
+from dreamstream.client.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    DreamstreamError,
+    InvalidRequest,
+    ModelNotFound,
+    ServerBusy,
+    ServerUnavailable,
+)
+from dreamstream.client.events import DreamEvent, Frame, LayerInfo, ModelInfo, Progress
+
+__all__ = [
+    "AsyncDreamClient",
+    "Cancelled",
+    "DeadlineExceeded",
+    "DreamClient",
+    "DreamEvent",
+    "DreamOptions",
+    "DreamstreamError",
+    "Frame",
+    "ImageInput",
+    "InvalidRequest",
+    "LayerInfo",
+    "ModelInfo",
+    "ModelNotFound",
+    "Progress",
+    "ServerBusy",
+    "ServerUnavailable",
+]

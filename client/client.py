@@ -1,0 +1,207 @@
+"""DreamClient and AsyncDreamClient: the same calls, blocking or asyncio.
+
+Both build requests with `build_request` and turn responses into the events of
+`dreamstream.client.events`; failed calls raise the exceptions of
+`dreamstream.client.errors`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TypedDict, Unpack
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from dreamstream.client.errors import from_rpc_error
+from dreamstream.client.events import (
+    DreamEvent,
+    ModelInfo,
+    event_from_response,
+    models_from_response,
+)
+from dreamstream.v1 import dream_pb2, dream_pb2_grpc
+
+DEFAULT_TARGET = "localhost:50051"
+# Frames of a large picture are several MB, well over gRPC's 4 MB default.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+_FORMATS = {
+    "png": dream_pb2.IMAGE_FORMAT_PNG,
+    "jpeg": dream_pb2.IMAGE_FORMAT_JPEG,
+    "jpg": dream_pb2.IMAGE_FORMAT_JPEG,
+    "webp": dream_pb2.IMAGE_FORMAT_WEBP,
+}
+
+ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
+"""A picture to dream on: a file path, encoded bytes, a Pillow image, or an HxW[x3|x4] array
+(uint8, or float in [0, 1])."""
+
+
+class DreamOptions(TypedDict, total=False):
+    """How to dream; anything left out takes the server's default (see dream.proto)."""
+
+    model: str
+    layers: Mapping[str, float]  # layer name -> weight
+    octaves: int
+    octave_scale: float
+    steps: int  # ascent steps per octave
+    step_size: float
+    jitter: int  # 0 turns jitter off
+    seed: int
+    max_size: int  # longer side of the picture before dreaming
+    width: int  # with height, and no image: dream on seeded noise
+    height: int
+    format: str  # of the frames: "png" (default), "jpeg" or "webp"
+
+
+def image_bytes(image: ImageInput) -> bytes:
+    """Encoded bytes for any ImageInput; files and bytes are sent as they are."""
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, str | os.PathLike):
+        with open(image, "rb") as file:
+            return file.read()
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.dtype != np.uint8:
+            array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        image = Image.fromarray(array)
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+    raise TypeError(f"cannot send a {type(image).__name__} as a picture: use a path, bytes, PIL or numpy")
+
+
+def build_request(image: ImageInput | None, options: DreamOptions) -> dream_pb2.DreamRequest:
+    """The DreamRequest for `image` (None to dream on noise) and `options`."""
+    unknown = set(options) - set(DreamOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"unknown dream option(s): {', '.join(sorted(unknown))}")
+    fmt = options.get("format", "png")
+    if fmt not in _FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: use png, jpeg or webp")
+    request = dream_pb2.DreamRequest(
+        image=b"" if image is None else image_bytes(image),
+        model=options.get("model", ""),
+        layers=dict(options.get("layers", {})),
+        octaves=options.get("octaves", 0),
+        octave_scale=options.get("octave_scale", 0.0),
+        steps_per_octave=options.get("steps", 0),
+        step_size=options.get("step_size", 0.0),
+        seed=options.get("seed", 0),
+        max_size=options.get("max_size", 0),
+        width=options.get("width", 0),
+        height=options.get("height", 0),
+        format=_FORMATS[fmt],
+    )
+    if "jitter" in options:  # optional in the proto: an explicit 0 turns jitter off
+        request.jitter = options["jitter"]
+    return request
+
+
+class DreamClient:
+    """A blocking client of a dreamstream server at `target` ("host:port").
+
+    Use it as a context manager, or call `close()`.
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET) -> None:
+        self.target = target
+        self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._stub = dream_pb2_grpc.DreamServiceStub(self._channel)
+
+    def dream(
+        self,
+        image: ImageInput | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[DreamOptions],
+    ) -> Iterator[DreamEvent]:
+        """Dream on `image` and yield Progress and Frame events as the server sends them.
+
+        The request is built at once (a missing file raises here); the call starts on
+        the first `next()`. Stopping the iteration early cancels the dream on the server.
+        Raises a DreamstreamError subclass when the server refuses or fails.
+        """
+        return self._events(build_request(image, options), timeout)
+
+    def _events(self, request: dream_pb2.DreamRequest, timeout: float | None) -> Iterator[DreamEvent]:
+        call = self._stub.Dream(request, timeout=timeout)
+        try:
+            for response in call:
+                yield event_from_response(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.target) from None
+        finally:
+            call.cancel()  # a no-op once the stream has ended
+
+    def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The models the server can dream with."""
+        try:
+            response = self._stub.ListModels(dream_pb2.ListModelsRequest(), timeout=timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.target) from None
+        return models_from_response(response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> DreamClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncDreamClient:
+    """The asyncio twin of DreamClient: `dream()` is an async iterator, `models()` a coroutine."""
+
+    def __init__(self, target: str = DEFAULT_TARGET) -> None:
+        self.target = target
+        self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._stub = dream_pb2_grpc.DreamServiceStub(self._channel)
+
+    def dream(
+        self,
+        image: ImageInput | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[DreamOptions],
+    ) -> AsyncIterator[DreamEvent]:
+        """Dream on `image`; `async for` the Progress and Frame events. See DreamClient.dream."""
+        return self._events(build_request(image, options), timeout)
+
+    async def _events(self, request: dream_pb2.DreamRequest, timeout: float | None) -> AsyncIterator[DreamEvent]:
+        call = self._stub.Dream(request, timeout=timeout)
+        try:
+            async for response in call:
+                yield event_from_response(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.target) from None
+        finally:
+            call.cancel()
+
+    async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The models the server can dream with."""
+        try:
+            response = await self._stub.ListModels(dream_pb2.ListModelsRequest(), timeout=timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.target) from None
+        return models_from_response(response)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncDreamClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

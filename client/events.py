@@ -1,0 +1,131 @@
+"""What a dream stream and a model listing hold, as typed values shared by both clients."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from dreamstream.v1 import dream_pb2
+
+FORMAT_NAMES = {
+    dream_pb2.IMAGE_FORMAT_UNSPECIFIED: "png",
+    dream_pb2.IMAGE_FORMAT_PNG: "png",
+    dream_pb2.IMAGE_FORMAT_JPEG: "jpeg",
+    dream_pb2.IMAGE_FORMAT_WEBP: "webp",
+}
+SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One ascent step done on the server. Octaves and steps count from 1."""
+
+    octave: int
+    octaves: int
+    step: int
+    steps: int
+    loss: float  # the dream objective before this step
+    elapsed: float  # seconds since the server started this dream
+    done: float  # fraction of the dream's work done, in [0, 1]
+
+    @property
+    def seconds_left(self) -> float | None:
+        """A time-left estimate from the work done so far, None before any."""
+        if self.done <= 0:
+            return None
+        return self.elapsed * (1 - self.done) / self.done
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The picture at the end of one octave, as the server encoded it."""
+
+    octave: int
+    octaves: int
+    width: int
+    height: int
+    data: bytes = field(repr=False)
+    format: str  # "png", "jpeg" or "webp"
+    final: bool  # the last frame: the result at the output size
+
+    def image(self) -> Image.Image:
+        """The frame decoded into a Pillow image (decoded anew on each call)."""
+        picture = Image.open(io.BytesIO(self.data))
+        picture.load()
+        return picture
+
+    @property
+    def suffix(self) -> str:
+        """The file name suffix of the frame's format, e.g. ".png"."""
+        return SUFFIXES[self.format]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the encoded bytes as received (no re-encoding) and return the path."""
+        path = Path(path)
+        path.write_bytes(self.data)
+        return path
+
+
+DreamEvent = Progress | Frame
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    channels: int
+    stride: int  # input pixels per activation pixel: deeper layers see larger patterns
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model a server can dream with."""
+
+    name: str
+    backbone: str
+    layers: tuple[LayerInfo, ...]
+    default_layers: dict[str, float]
+    min_size: int
+    max_size: int
+    default: bool  # the model used when a dream names none
+
+
+def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent:
+    if response.WhichOneof("event") == "frame":
+        frame = response.frame
+        return Frame(
+            octave=frame.octave,
+            octaves=frame.octaves,
+            width=frame.width,
+            height=frame.height,
+            data=frame.image,
+            format=FORMAT_NAMES[frame.format],
+            final=frame.final,
+        )
+    progress = response.progress
+    return Progress(
+        octave=progress.octave,
+        octaves=progress.octaves,
+        step=progress.step,
+        steps=progress.steps_per_octave,
+        loss=progress.loss,
+        elapsed=progress.elapsed_seconds,
+        done=progress.done,
+    )
+
+
+def models_from_response(response: dream_pb2.ListModelsResponse) -> list[ModelInfo]:
+    return [
+        ModelInfo(
+            name=model.name,
+            backbone=model.backbone,
+            layers=tuple(LayerInfo(layer.name, layer.channels, layer.stride) for layer in model.layers),
+            default_layers=dict(model.default_layers),
+            min_size=model.min_size,
+            max_size=model.max_size,
+            default=model.name == response.default_model,
+        )
+        for model in response.models
+    ]
