@@ -22,7 +22,14 @@ class Recipe:
 
 
 def _recipes() -> dict[str, Recipe]:
-    from dreamstream.export.backbones import efficientnet_lite, googlenet_bvlc
+    from dreamstream.export.backbones import (
+        efficientnet_lite,
+        googlenet_bvlc,
+        googlenet_tv,
+        inception_v3,
+        resnet,
+        vgg,
+    )
 
     recipes = [
         Recipe(
@@ -38,6 +45,41 @@ def _recipes() -> dict[str, Recipe]:
             googlenet_bvlc.build,
             None,
             "bvlc_googlenet.caffemodel from the Caffe model zoo, or an .npz of <layer>/weight, <layer>/bias",
+        ),
+        Recipe(
+            "vgg16",
+            "VGG16 (torchvision), layers conv1_1 ... pool5",
+            vgg.build_vgg16,
+            None,
+            "torchvision's vgg16-397923af.pth",
+        ),
+        Recipe(
+            "vgg19",
+            "VGG19 (torchvision), layers conv1_1 ... pool5",
+            vgg.build_vgg19,
+            None,
+            "torchvision's vgg19-dcbb9e9d.pth",
+        ),
+        Recipe(
+            "resnet50",
+            "ResNet-50 (torchvision, v1.5), layers conv1, maxpool, layer1.0 ... layer4.2",
+            resnet.build,
+            None,
+            "torchvision's resnet50-0676ba61.pth (V1) or resnet50-11ad3fa6.pth (V2)",
+        ),
+        Recipe(
+            "inception-v3",
+            "Inception-v3 (torchvision), layers Conv2d_1a_3x3 ... Mixed_7c",
+            inception_v3.build,
+            None,
+            "torchvision's inception_v3_google-0cc3c7bd.pth",
+        ),
+        Recipe(
+            "googlenet",
+            "GoogLeNet (torchvision, with batch norm), layers conv1 ... inception5b",
+            googlenet_tv.build,
+            None,
+            "torchvision's googlenet-1378be20.pth",
         ),
     ]
     return {recipe.name: recipe for recipe in recipes}
