@@ -150,7 +150,9 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
         backbone=backbone,
         layers=tuple(layers),
         default_layers=dict(model.default_layers),
-        min_size=_smallest_working_size(deepest_graph, len(layers), channel_offset),
+        # ONNX Runtime pools a too-small input to a 1-pixel output instead of failing, so the
+        # deepest layer's stride (input pixels per activation pixel) is a floor too.
+        min_size=max(_smallest_working_size(deepest_graph, len(layers), channel_offset), layers[-1].stride),
         max_size=model.max_size,
         weights_file=WEIGHTS_FILE,
         weights_sha256=sha256_of(model_dir / WEIGHTS_FILE),

@@ -197,10 +197,7 @@ CUDA_FLOAT16_KERNELS: dict[str, tuple[OpsetRange, ...]] = {
 def has_cuda_kernel(op_type: str, version: int, *, float16: bool = False) -> bool:
     """Whether a CUDA kernel for `op_type` (ai.onnx) covers `version` for float or float16."""
     table = CUDA_FLOAT16_KERNELS if float16 else CUDA_FLOAT_KERNELS
-    return any(
-        since <= version and (until is None or version <= until)
-        for since, until in table.get(op_type, ())
-    )
+    return any(since <= version and (until is None or version <= until) for since, until in table.get(op_type, ()))
 
 
 # --- attribute rules ---------------------------------------------------------------
@@ -352,9 +349,7 @@ def _is_float16(names: Iterable[str], types: dict[str, int]) -> bool:
     return any(types.get(name) == TensorProto.FLOAT16 for name in names)
 
 
-def cuda_unsupported(
-    model: onnx.ModelProto, *, ort_version: OrtVersion = NEWEST_CHECKED_ORT
-) -> list[str]:
+def cuda_unsupported(model: onnx.ModelProto, *, ort_version: OrtVersion = NEWEST_CHECKED_ORT) -> list[str]:
     """One line per node of the main graph that will not run (correctly) on the CUDA EP.
 
     A node is checked against `CUDA_FLOAT16_KERNELS` when one of its inputs or outputs

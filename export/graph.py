@@ -119,9 +119,7 @@ def make_model(
     if keep is not None:
         used |= set(keep)
     initializers = [
-        numpy_helper.from_array(array, name)
-        for name, array in builder.initializers.items()
-        if name in used
+        numpy_helper.from_array(array, name) for name, array in builder.initializers.items() if name in used
     ]
     graph = helper.make_graph(builder.nodes, name, list(inputs), list(outputs), initializers)
     model = helper.make_model(

@@ -109,9 +109,7 @@ class Manifest:
         try:
             raw = json.loads(text)
             if raw.get("format") != FORMAT:
-                raise ManifestError(
-                    f"manifest format {raw.get('format')!r} is not {FORMAT!r}: re-export the model"
-                )
+                raise ManifestError(f"manifest format {raw.get('format')!r} is not {FORMAT!r}: re-export the model")
             layers = tuple(Layer(**layer) for layer in raw.pop("layers"))
             prep = raw.pop("preprocessing")
             preprocessing = Preprocessing(

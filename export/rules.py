@@ -53,9 +53,7 @@ def _spatial_dims(ctx: RuleContext, tensor: str) -> str:
     return ctx.builder.op("Shape", tensor, hint="hw", start=2, end=4)
 
 
-def _crop_to_input(
-    ctx: RuleContext, grad: str, x: str, start: Sequence[int] | str, strides: Sequence[int]
-) -> str:
+def _crop_to_input(ctx: RuleContext, grad: str, x: str, start: Sequence[int] | str, strides: Sequence[int]) -> str:
     """Cut the input's window out of a transposed-convolution result.
 
     The transposed convolution covers the padded input up to its last position
@@ -178,9 +176,7 @@ def average_pool(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[
     else:
         # Border windows average fewer inputs: divide by each window's own count.
         ones = g.op("ConstantOfShape", ctx.shape_of(x), value=helper.make_tensor("v", 1, [1], [1.0]))
-        fraction = g.op(
-            "AveragePool", ones, kernel_shape=kernel, strides=strides, pads=pads, count_include_pad=1
-        )
+        fraction = g.op("AveragePool", ones, kernel_shape=kernel, strides=strides, pads=pads, count_include_pad=1)
         scaled = g.op("Div", dy[0], g.op("Mul", fraction, g.const(area)), hint="avgpool_scale")
     ones_kernel = g.const(np.ones((channels, 1, *kernel), np.float32))
     transpose = {"strides": strides, "group": channels, "kernel_shape": kernel}

@@ -79,15 +79,14 @@ def require(
     if key not in weights:
         close = difflib.get_close_matches(key, list(weights), n=3)
         hint = f" (closest present: {', '.join(close)})" if close else ""
-        raise WeightsError(f"{prefix}missing weight {key!r}{hint}")
+        raise WeightsError(f"{prefix}missing weight {key!r}, expected shape {_format_shape(tuple(shape))}{hint}")
     array = weights[key]
     expected = tuple(shape)
     if array.ndim != len(expected) or any(
         e is not None and e != got for e, got in zip(expected, array.shape, strict=False)
     ):
         raise WeightsError(
-            f"{prefix}layer {key}: expected shape {_format_shape(expected)}, "
-            f"got {_format_shape(array.shape)}"
+            f"{prefix}layer {key}: expected shape {_format_shape(expected)}, got {_format_shape(array.shape)}"
         )
     return array
 
@@ -240,10 +239,7 @@ def _rebuild_tensor_v2(
     if not isinstance(storage, _StorageRef):
         raise pickle.UnpicklingError("a tensor's storage is not a storage record")
     if not (
-        isinstance(storage_offset, int)
-        and _is_int_tuple(size)
-        and _is_int_tuple(stride)
-        and len(size) == len(stride)
+        isinstance(storage_offset, int) and _is_int_tuple(size) and _is_int_tuple(stride) and len(size) == len(stride)
     ):
         raise pickle.UnpicklingError("a tensor has a malformed offset, size or stride")
     return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
@@ -253,16 +249,12 @@ def _rebuild_parameter(data: object, requires_grad: object, backward_hooks: obje
     return data
 
 
-def _rebuild_parameter_with_state(
-    data: object, requires_grad: object, backward_hooks: object, state: object
-) -> object:
+def _rebuild_parameter_with_state(data: object, requires_grad: object, backward_hooks: object, state: object) -> object:
     return data
 
 
 def _is_int_tuple(value: object) -> bool:
-    return isinstance(value, tuple | list) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    )
+    return isinstance(value, tuple | list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
 def _allowed_global(module: str, name: str) -> object | None:
@@ -301,10 +293,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         found = _allowed_global(module, name)
         if found is None:
-            raise WeightsError(
-                f"{self.source}: refusing to load {module}.{name}: "
-                "weight files must hold tensors only"
-            )
+            raise WeightsError(f"{self.source}: refusing to load {module}.{name}: weight files must hold tensors only")
         return found
 
     def persistent_load(self, pid: object) -> _StorageRef:
@@ -326,12 +315,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         view = pid[5] if len(pid) == 6 else None
         if view is None:
             return _StorageRef(key, storage_type, 0, numel)
-        if not (
-            isinstance(view, tuple)
-            and len(view) == 3
-            and isinstance(view[1], int)
-            and isinstance(view[2], int)
-        ):
+        if not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[1], int) and isinstance(view[2], int)):
             raise pickle.UnpicklingError(f"malformed storage view {view!r:.80}")
         return _StorageRef(key, storage_type, view[1], view[2])
 
@@ -377,8 +361,7 @@ def _load_torch_zip(data: bytes, source: str) -> object:
         pickles = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise WeightsError(
-                f"{source}: a torch zip archive holds exactly one <archive>/data.pkl, "
-                f"found {len(pickles)}"
+                f"{source}: a torch zip archive holds exactly one <archive>/data.pkl, found {len(pickles)}"
             )
         prefix = pickles[0][: -len("data.pkl")]
         names = set(zf.namelist())
@@ -432,15 +415,12 @@ def _load_torch_legacy(data: bytes, source: str) -> object:
     return _materialize(obj, buffers, source)
 
 
-def _as_elements(
-    raw: bytes, storage_type: _StorageType, byteorder: str, source: str, key: str
-) -> np.ndarray:
+def _as_elements(raw: bytes, storage_type: _StorageType, byteorder: str, source: str, key: str) -> np.ndarray:
     """A storage's bytes as a 1-D array of its elements (bfloat16 kept as uint16 bits)."""
     dtype = np.dtype(np.uint16) if storage_type.dtype is _BFLOAT16 else storage_type.dtype
     if len(raw) % dtype.itemsize:
         raise WeightsError(
-            f"{source}: storage {key} holds {len(raw)} bytes, "
-            f"not a whole number of {dtype.itemsize}-byte elements"
+            f"{source}: storage {key} holds {len(raw)} bytes, not a whole number of {dtype.itemsize}-byte elements"
         )
     order = "<" if byteorder == "little" else ">"
     return np.frombuffer(raw, dtype=dtype.newbyteorder(order) if dtype.itemsize > 1 else dtype)
@@ -663,9 +643,7 @@ def _parse_blob(buf: memoryview, layer: str) -> np.ndarray:
             shape = [data.size]
     count = int(np.prod(shape, dtype=np.int64))
     if count != data.size:
-        raise WeightsError(
-            f"layer {layer}: a blob of shape {tuple(shape)} holds {data.size} values, not {count}"
-        )
+        raise WeightsError(f"layer {layer}: a blob of shape {tuple(shape)} holds {data.size} values, not {count}")
     return data.reshape(shape)
 
 

@@ -422,7 +422,7 @@ def test_read_weights_recognises_each_format(tmp_path: Path):
 
 def test_require_names_a_missing_key_and_the_closest_present():
     weights = {"conv1/7x7_s2/weight": np.zeros((64, 3, 7, 7), np.float32)}
-    with pytest.raises(WeightsError, match=r"missing weight 'conv1/7x7_s2/bias'.*7x7_s2/weight"):
+    with pytest.raises(WeightsError, match=r"missing weight 'conv1/7x7_s2/bias', expected shape \(64,\).*7x7_s2/weight"):
         require(weights, "conv1/7x7_s2/bias", (64,))
 
 

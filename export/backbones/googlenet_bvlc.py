@@ -51,16 +51,26 @@ class _Net:
         self.layers.append(DreamLayer(name, tensor, channels, self.stride, group))
         return tensor
 
-    def conv_relu(self, x: str, name: str, in_ch: int, out_ch: int, kernel: int, pad: int, stride: int = 1,
-                  group: str | None = None) -> str:
+    def conv_relu(
+        self,
+        x: str,
+        name: str,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        pad: int,
+        stride: int = 1,
+        group: str | None = None,
+    ) -> str:
         weight = self.source.get(f"{name}/weight", (out_ch, in_ch, kernel, kernel))
         bias = self.source.get(f"{name}/bias", (out_ch,))
         y = relu(self.g, conv(self.g, x, name, weight, bias, stride=stride, padding=pad), name)
         self.stride *= stride
         return self.record(name, y, out_ch, group)
 
-    def pool(self, x: str, name: str, channels: int, kernel: int = 3, stride: int = 2, pad: int = 0,
-             group: str | None = None) -> str:
+    def pool(
+        self, x: str, name: str, channels: int, kernel: int = 3, stride: int = 2, pad: int = 0, group: str | None = None
+    ) -> str:
         y = max_pool(self.g, x, kernel, stride, pad, ceil=True, name=name)
         self.stride *= stride
         return self.record(name, y, channels, group)

@@ -35,8 +35,7 @@ def fold_batchnorm(
 def batchnorm_params(source: WeightSource, prefix: str, channels: int) -> tuple[np.ndarray, ...]:
     """(gamma, beta, running mean, running var) of a torch BatchNorm2d state dict entry."""
     return tuple(
-        source.get(f"{prefix}.{part}", (channels,))
-        for part in ("weight", "bias", "running_mean", "running_var")
+        source.get(f"{prefix}.{part}", (channels,)) for part in ("weight", "bias", "running_mean", "running_var")
     )
 
 
