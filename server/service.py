@@ -180,6 +180,16 @@ class Admission:
 _DONE = object()
 
 
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    """End the call with the status `status_of` gives `error`; failures are logged whole."""
+    code = status_of(error)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("dream failed", exc_info=error)
+        await context.abort(code, f"the dream failed: {error}")
+    log.info("refused (%s): %s", code.name, error)
+    await context.abort(code, str(error))
+
+
 class DreamService(dream_pb2_grpc.DreamServiceServicer):
     """dreamstream.v1.DreamService over a DreamEngine."""
 
@@ -198,7 +208,7 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
     ) -> dream_pb2.ListModelsResponse:
         models = self._engine.models
         if not models.loaded:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is still loading its models")
+            await _abort(context, NotReady("the server is still loading its models; retry in a moment"))
         return dream_pb2.ListModelsResponse(
             models=[
                 dream_pb2.Model(
@@ -224,12 +234,8 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
             job = await self._job(request)
             async for response in self._stream(job):
                 yield response
-        except (InvalidParams, imaging.ImageError, UnknownModel, Busy, NotReady) as error:
-            log.info("dream refused (%s): %s", status_of(error).name, error)
-            await context.abort(status_of(error), str(error))
         except Exception as error:
-            log.exception("dream failed")
-            await context.abort(status_of(error), f"the dream failed: {error}")
+            await _abort(context, error)
 
     async def _job(self, request: dream_pb2.DreamRequest) -> DreamJob:
         """Validate a request into a job; raises the refusals `status_of` knows."""

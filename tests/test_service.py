@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ from dreamstream.client import (
     ServerBusy,
     ServerUnavailable,
 )
-from dreamstream.client.errors import DeadlineExceeded
+from dreamstream.client.errors import DeadlineExceeded, DreamstreamError
+from dreamstream.export.manifest import read_manifest
 from dreamstream.server.models import DEFAULT_MODEL, ModelRepository
 
 SMALL = {"max_size": 64, "octaves": 2, "steps": 2}
@@ -171,6 +173,23 @@ def test_a_refused_request_disturbs_nothing(client: DreamClient, coffee: Path) -
     with pytest.raises(InvalidRequest):
         list(client.dream(b"garbage", **SMALL))
     assert frames_of(list(client.dream(coffee, **SMALL)))[-1].final
+
+
+def test_a_dream_that_fails_on_the_server_is_internal_and_the_next_is_served(
+    start_server, lite0_dir: Path, tmp_path: Path, coffee: Path
+) -> None:
+    model_dir = tmp_path / "models" / lite0_dir.name
+    shutil.copytree(lite0_dir, model_dir)
+    repository = ModelRepository(model_dir.parent, device="cpu")
+    repository.load()
+    # Damaged after loading: the graph's session is opened on its first dream, and fails.
+    (model_dir / read_manifest(model_dir).layer("block2").step_graph).write_bytes(b"not onnx")
+    damaged = start_server(repository)
+    with DreamClient(damaged.target) as client:
+        with pytest.raises(DreamstreamError, match="the dream failed") as raised:
+            list(client.dream(coffee, layers={"block2": 1.0}, **SMALL))
+        assert raised.value.code == grpc.StatusCode.INTERNAL
+        assert frames_of(list(client.dream(coffee, **SMALL)))[-1].final
 
 
 def test_a_cancelled_dream_stops_within_a_step_and_the_next_is_served_at_once(
