@@ -1,0 +1,48 @@
+"""Choosing the device: CUDA only when a real session says it runs there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from dreamstream.export.manifest import read_manifest
+from dreamstream.server.providers import CUDA, Device, DeviceError, choose_device, confirm_device, open_session
+
+needs_no_cuda = pytest.mark.skipif(
+    CUDA in ort.get_available_providers(), reason="this onnxruntime has CUDA: the CPU-only behaviour is not observable"
+)
+
+
+def a_cpu_session(lite0_dir: Path) -> ort.InferenceSession:
+    layer = read_manifest(lite0_dir).layers[0]
+    return open_session(lite0_dir / layer.step_graph, Device("cpu", "cpu"))
+
+
+@needs_no_cuda
+def test_auto_takes_the_cpu_when_onnxruntime_has_no_cuda() -> None:
+    assert choose_device("auto") == Device("cpu", "auto")
+
+
+@needs_no_cuda
+def test_demanding_cuda_without_it_says_what_to_install() -> None:
+    with pytest.raises(DeviceError, match=r"pip install 'dreamstream\[gpu\]'"):
+        choose_device("cuda")
+
+
+def test_an_unknown_device_is_refused() -> None:
+    with pytest.raises(DeviceError, match="choose one of auto, cuda, cpu"):
+        choose_device("tpu")
+
+
+def test_a_session_that_fell_back_from_cuda_is_taken_for_the_cpu_under_auto(lite0_dir: Path) -> None:
+    # ONNX Runtime falls back silently when CUDA cannot load: the session then lists
+    # only the CPU provider, as this real CPU session does.
+    session = a_cpu_session(lite0_dir)
+    assert confirm_device(session, Device("cuda", "auto")) == Device("cpu", "auto")
+
+
+def test_a_session_that_fell_back_from_cuda_is_an_error_when_cuda_was_demanded(lite0_dir: Path) -> None:
+    with pytest.raises(DeviceError, match="could not load CUDA"):
+        confirm_device(a_cpu_session(lite0_dir), Device("cuda", "cuda"))
