@@ -15,7 +15,6 @@ clip. On CUDA the picture stays on the device for a whole octave.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -38,8 +37,6 @@ from dreamstream.export.manifest import (
     Layer,
 )
 from dreamstream.server.models import Model, ModelRepository, deepest_layer
-
-log = logging.getLogger(__name__)
 
 # The defaults, also written in dream.proto and the README.
 DEFAULT_OCTAVES = 4
