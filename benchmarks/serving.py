@@ -9,9 +9,9 @@ For the default model at 512 px (default dream parameters), this measures
 - the time to the first frame (end of the first octave), both ways;
 
 and prints the ratios against the in-process reference measured in the same run.
-The two are never run at once, so they do not share the CPU.
+The two take turns, one dream each, and never run at once.
 
-    python -m benchmarks.serving [--image PATH] [--size 512] [--repeats 3] [--device auto]
+    python -m benchmarks.serving [--image PATH] [--size 512] [--repeats 5] [--device auto]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dreamstream.client import DreamClient, Frame, Progress
@@ -38,7 +38,7 @@ DEFAULT_IMAGE = REPO.parent / "shared" / "images" / "coffee.png"
 CLI = [sys.executable, "-c", "import sys; from dreamstream.client.cli import main; sys.exit(main())"]
 
 
-def timed_stream(events: Iterator[object], is_frame: Callable[[object], bool]) -> tuple[float, float, list[object]]:
+def timed_stream(events: Iterable[object], is_frame: Callable[[object], bool]) -> tuple[float, float, list[object]]:
     """(seconds to the first frame, seconds to the end, the events) of an event stream."""
     started = time.perf_counter()
     first_frame = None
@@ -61,39 +61,47 @@ def models_dir(given: Path | None) -> Path:
     return root
 
 
-def in_process(root: Path, device: str, picture: bytes, size: int, repeats: int) -> list[tuple[float, float]]:
-    repository = ModelRepository(root, device)
-    repository.load()
-    engine = DreamEngine(repository)
-    runs = []
-    for _ in range(repeats + 1):  # the first run warms up
-        image = imaging.decode(picture, size)
-        plan = engine.plan(image, DreamParams(), DEFAULT_MODEL)
-        first, total, _ = timed_stream(engine.run(plan), lambda event: isinstance(event, Octave))
-        runs.append((first, total))
-    print(f"engine device: {repository.device.describe}")
-    return runs[1:]
+class InProcess:
+    """The reference: the engine in this process, no gRPC."""
+
+    def __init__(self, root: Path, device: str, picture: bytes, size: int) -> None:
+        repository = ModelRepository(root, device)
+        repository.load()
+        self.device = repository.device.describe
+        self._engine = DreamEngine(repository)
+        self._picture, self._size = picture, size
+
+    def run(self) -> tuple[float, float]:
+        """(seconds to the first octave, seconds to the end), decoding included as the server does."""
+        started = time.perf_counter()
+        plan = self._engine.plan(imaging.decode(self._picture, self._size), DreamParams(), DEFAULT_MODEL)
+        setup = time.perf_counter() - started
+        first, total, _ = timed_stream(self._engine.run(plan), lambda event: isinstance(event, Octave))
+        return setup + first, setup + total
 
 
-def served(root: Path, device: str, picture: bytes, size: int, repeats: int) -> list[tuple[float, float, float]]:
-    server = subprocess.Popen(
-        [*CLI, "serve", "--models", str(root), "--host", "127.0.0.1", "--port", "0", "--device", device],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        port = _wait_for_port(server)
-        runs = []
-        with DreamClient(f"127.0.0.1:{port}") as client:
-            for _ in range(repeats + 1):
-                stream = client.dream(picture, max_size=size, model=DEFAULT_MODEL)
-                first, total, events = timed_stream(stream, lambda event: isinstance(event, Frame))
-                server_elapsed = [event for event in events if isinstance(event, Progress)][-1].elapsed
-                runs.append((first, total, server_elapsed))
-        return runs[1:]
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+class Served:
+    """The same dream through a `dreamstream serve` subprocess on loopback."""
+
+    def __init__(self, root: Path, device: str, picture: bytes, size: int) -> None:
+        self._server = subprocess.Popen(
+            [*CLI, "serve", "--models", str(root), "--host", "127.0.0.1", "--port", "0", "--device", device],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._client = DreamClient(f"127.0.0.1:{_wait_for_port(self._server)}")
+        self._picture, self._size = picture, size
+
+    def run(self) -> tuple[float, float, float]:
+        """(seconds to the first frame, seconds to the end, the server's own ascent seconds)."""
+        stream = self._client.dream(self._picture, max_size=self._size, model=DEFAULT_MODEL)
+        first, total, events = timed_stream(stream, lambda event: isinstance(event, Frame))
+        return first, total, [event for event in events if isinstance(event, Progress)][-1].elapsed
+
+    def close(self) -> None:
+        self._client.close()
+        self._server.send_signal(signal.SIGTERM)
+        self._server.wait(timeout=30)
 
 
 def _wait_for_port(server: subprocess.Popen) -> int:
@@ -110,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--size", type=int, default=512, help="longer side of the picture (default 512)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--models", type=Path, help="a models directory holding the default model")
     args = parser.parse_args()
@@ -120,16 +128,28 @@ def main() -> None:
     params = DreamParams()
     print(
         f"{DEFAULT_MODEL}, {args.image.name} at {args.size} px, {params.octaves} octaves x {params.steps} steps, "
-        f"median of {args.repeats} runs after one warm-up, {os.cpu_count()} CPUs"
+        f"median of {args.repeats} runs each after one warm-up, {os.cpu_count()} CPUs"
     )
-    reference = in_process(root, args.device, picture, args.size, args.repeats)
-    remote = served(root, args.device, picture, args.size, args.repeats)
+    # The two are interleaved, never run at once: both see the same machine, and a
+    # neighbour's load on a shared box biases neither.
+    reference = InProcess(root, args.device, picture, args.size)
+    remote = Served(root, args.device, picture, args.size)
+    print(f"engine device: {reference.device}")
+    local_runs, remote_runs = [], []
+    try:
+        for _ in range(args.repeats + 1):
+            local_runs.append(reference.run())
+            remote_runs.append(remote.run())
+    finally:
+        remote.close()
+    local_runs, remote_runs = local_runs[1:], remote_runs[1:]
 
-    engine_total = statistics.median(total for _, total in reference)
-    engine_first = statistics.median(first for first, _ in reference)
-    wall_total = statistics.median(total for _, total, _ in remote)
-    wall_first = statistics.median(first for first, _, _ in remote)
-    server_total = statistics.median(elapsed for _, _, elapsed in remote)
+    engine_total = statistics.median(total for _, total in local_runs)
+    engine_first = statistics.median(first for first, _ in local_runs)
+    wall_total = statistics.median(total for _, total, _ in remote_runs)
+    wall_first = statistics.median(first for first, _, _ in remote_runs)
+    server_total = statistics.median(elapsed for _, _, elapsed in remote_runs)
+    outside = statistics.median(total - elapsed for _, total, elapsed in remote_runs)
     print(f"{'':34}{'in-process':>12}{'served':>12}{'ratio':>8}")
     print(f"{'whole dream (s)':34}{engine_total:12.3f}{wall_total:12.3f}{wall_total / engine_total:8.3f}")
     print(f"{'time to first frame (s)':34}{engine_first:12.3f}{wall_first:12.3f}{wall_first / engine_first:8.3f}")
@@ -138,9 +158,8 @@ def main() -> None:
         f"streaming overhead against the in-process engine: {wall_total - engine_total:+.3f} s per dream "
         f"({(wall_total / engine_total - 1) * 100:+.1f}%)"
     )
-    outside = statistics.median(total - elapsed for _, total, elapsed in remote)
     print(
-        f"client wall time outside the server's ascent (decode, last frame's encoding, transport): "
+        "client wall time outside the server's ascent (decode, last frame's encoding, transport): "
         f"{outside:.3f} s ({outside / wall_total * 100:.1f}% of the wall time)"
     )
     print("rerun: python -m benchmarks.serving " + " ".join(sys.argv[1:]))
