@@ -37,7 +37,7 @@ GRAPH_OUTPUTS = (LOSS, GRAD, CHANNEL_MEANS)
 # image can stay on the device for a whole octave. It rolls the image by `shift`
 # (jitter), takes the gradient, rolls it back, normalises it by its mean absolute
 # value per image, adds `step_size` times it and clips to [0,1].
-SHIFT = "shift"  # int64 [2]: (dy, dx) roll applied before the gradient, undone after
+SHIFT = "shift"  # int64 [2]: (dy, dx) roll applied before the gradient, undone after; 0 <= dy < H, 0 <= dx < W
 STEP_SIZE = "step_size"  # float32 [1]
 IMAGE_OUT = "image_out"  # float32 [N,3,H,W], the image after the step
 STEP_INPUTS = (IMAGE, LAYER_WEIGHTS, CHANNEL_WEIGHTS, SHIFT, STEP_SIZE)
