@@ -24,7 +24,7 @@ from dreamstream.export import dream
 from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones import RECIPES
 from dreamstream.export.backbones.source import WeightSource
-from dreamstream.export.graph import OPSET
+from dreamstream.export.graph import DERIVED_PREFIX, OPSET
 from dreamstream.export.manifest import (
     CHANNEL_WEIGHTS,
     IMAGE,
@@ -129,7 +129,7 @@ def export_model(
 
 def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) -> Manifest:
     prepared = dream.prepare(model)
-    offsets = _write_weights(model, model_dir / WEIGHTS_FILE)
+    weights = _write_weights(model, model_dir / WEIGHTS_FILE)
     layers: list[Layer] = []
     channel_offset = 0
     deepest_graph = None
@@ -137,8 +137,8 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
         last = group[-1]
         stem = f"{number:02d}_{_file_safe(model.layers[last].name)}"
         graph_file, step_file = f"{stem}.onnx", f"{stem}.step.onnx"
-        _save(dream.build_gradient_graph(prepared, last), model_dir / graph_file, offsets)
-        _save(dream.build_step_graph(prepared, last), model_dir / step_file, offsets)
+        _save(dream.build_gradient_graph(prepared, last), model_dir / graph_file, weights)
+        _save(dream.build_step_graph(prepared, last), model_dir / step_file, weights)
         deepest_graph = model_dir / graph_file
         for index in group:
             layer = model.layers[index]
@@ -168,29 +168,52 @@ def _file_safe(layer_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", layer_name)
 
 
-def _write_weights(model: Backbone, path: Path) -> dict[str, tuple[int, int]]:
-    """Every parameter once, 64-byte aligned; returns name -> (offset, length)."""
-    offsets: dict[str, tuple[int, int]] = {}
-    arrays = {init.name: init for init in model.forward.graph.initializer if init.name in model.weight_names}
-    with open(path, "wb") as out:
-        for name, tensor in arrays.items():
-            data = onnx.numpy_helper.to_array(tensor).astype(np.float32).tobytes()
+class _WeightsFile:
+    """weights.bin: every parameter once, 64-byte aligned, each graph pointing into it.
+
+    Besides the backbone's parameters, the reverse pass derives a few constant tensors
+    from them (flipped kernels, LRN's channel band) under names starting DERIVED_PREFIX;
+    they are appended the first time a graph uses them, so graphs share those too.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offsets: dict[str, tuple[int, int]] = {}
+        path.write_bytes(b"")
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        data = np.ascontiguousarray(array, dtype=np.float32).tobytes()
+        with open(self.path, "ab") as out:
             position = out.tell()
             padding = (-position) % _ALIGNMENT
             out.write(b"\0" * padding)
-            offsets[name] = (position + padding, len(data))
             out.write(data)
-    return offsets
+        self.offsets[name] = (position + padding, len(data))
 
-
-def _save(graph: onnx.ModelProto, path: Path, offsets: dict[str, tuple[int, int]]) -> None:
-    onnx.checker.check_model(graph, full_check=True)
-    for tensor in graph.graph.initializer:
-        if tensor.name in offsets:
-            offset, length = offsets[tensor.name]
+    def externalize(self, graph: onnx.ModelProto) -> None:
+        """Point the graph's parameters into this file instead of holding them."""
+        for tensor in graph.graph.initializer:
+            if tensor.name not in self.offsets:
+                if not tensor.name.startswith(DERIVED_PREFIX):
+                    continue
+                self.add(tensor.name, onnx.numpy_helper.to_array(tensor))
+            offset, length = self.offsets[tensor.name]
             external_data_helper.set_external_data(tensor, WEIGHTS_FILE, offset, length)
             tensor.data_location = onnx.TensorProto.EXTERNAL
             tensor.ClearField("raw_data")
+
+
+def _write_weights(model: Backbone, path: Path) -> _WeightsFile:
+    weights = _WeightsFile(path)
+    for tensor in model.forward.graph.initializer:
+        if tensor.name in model.weight_names:
+            weights.add(tensor.name, onnx.numpy_helper.to_array(tensor))
+    return weights
+
+
+def _save(graph: onnx.ModelProto, path: Path, weights: _WeightsFile) -> None:
+    onnx.checker.check_model(graph, full_check=True)
+    weights.externalize(graph)
     onnx.save_model(graph, str(path))
 
 

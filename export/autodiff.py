@@ -104,8 +104,11 @@ class RuleContext:
 # that need a gradient; it returns {input index: gradient tensor name}.
 Rule = Callable[[RuleContext, onnx.NodeProto, Sequence[str | None], set[int]], dict[int, str]]
 RULES: dict[str, Rule] = {}
-# Ops whose forward node must expose extra outputs for its rule (MaxPool's indices).
-PREPARERS: dict[str, Callable[[onnx.NodeProto, GraphBuilder], onnx.NodeProto]] = {}
+# Ops whose forward must be emitted differently for their rule: a preparer returns the
+# node the reverse pass walks and the nodes emitted in its place (MaxPool also returns
+# its indices; LRN is computed from parts the backward reuses).
+Preparer = Callable[[onnx.NodeProto, GraphBuilder, StaticShapes], tuple[onnx.NodeProto, list[onnx.NodeProto]]]
+PREPARERS: dict[str, Preparer] = {}
 
 
 def reverse_rule(*op_types: str) -> Callable[[Rule], Rule]:
@@ -135,9 +138,21 @@ def depends_on(nodes: Sequence[onnx.NodeProto], source: str) -> set[str]:
     return active
 
 
-def prepare_forward(nodes: Sequence[onnx.NodeProto], builder: GraphBuilder) -> list[onnx.NodeProto]:
-    """Let rules add outputs they need to forward nodes (done before the forward is emitted)."""
-    return [PREPARERS[node.op_type](node, builder) if node.op_type in PREPARERS else node for node in nodes]
+def prepare_forward(
+    nodes: Sequence[onnx.NodeProto], builder: GraphBuilder, shapes: StaticShapes
+) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """The forward as the reverse pass walks it, and as it is emitted (see PREPARERS)."""
+    walked: list[onnx.NodeProto] = []
+    emitted: list[onnx.NodeProto] = []
+    for node in nodes:
+        if node.op_type in PREPARERS:
+            walk, emit = PREPARERS[node.op_type](node, builder, shapes)
+            walked.append(walk)
+            emitted.extend(emit)
+        else:
+            walked.append(node)
+            emitted.append(node)
+    return walked, emitted
 
 
 def reverse_pass(
@@ -148,7 +163,7 @@ def reverse_pass(
 ) -> str:
     """Emit nodes computing d(sum of seeded outputs . seeds)/d(wrt); returns the gradient's name.
 
-    `nodes` must be topologically sorted and already passed through `prepare_forward`.
+    `nodes` must be topologically sorted: the walked nodes of `prepare_forward`.
     `seeds` maps forward tensors to the tensors holding their incoming gradients.
     """
     active = depends_on(nodes, wrt)

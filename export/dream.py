@@ -153,9 +153,9 @@ def _emit_dream(builder: GraphBuilder, prepared: PreparedBackbone, last: int, so
     forward = _ancestors(prepared.nodes, {layer.tensor for layer in computed})
     if source != IMAGE:
         forward = _rename_input(forward, IMAGE, source)
-    forward = prepare_forward(forward, builder)
-    builder.reserve(out for node in forward for out in node.output)
-    builder.nodes.extend(forward)
+    forward, emitted = prepare_forward(forward, builder, prepared.shapes)
+    builder.reserve(out for node in emitted for out in node.output)
+    builder.nodes.extend(emitted)
 
     terms, seeds, means = [], {}, []
     offset = 0

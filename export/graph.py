@@ -24,6 +24,9 @@ _NP_TO_ONNX = {
 # Constants smaller than this stay inside the graph; larger ones are weights and are
 # written to the model's shared external weights file.
 EXTERNAL_MIN_ELEMENTS = 64
+# Constant tensors the reverse pass derives from parameters (flipped kernels, LRN's
+# channel band) are named with this prefix; the export stores them with the weights.
+DERIVED_PREFIX = "derived/"
 
 
 class GraphBuilder:

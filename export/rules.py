@@ -24,10 +24,11 @@ from onnx import helper
 from dreamstream.export.autodiff import (
     PREPARERS,
     RuleContext,
+    StaticShapes,
     UnsupportedOperator,
     reverse_rule,
 )
-from dreamstream.export.graph import GraphBuilder
+from dreamstream.export.graph import DERIVED_PREFIX, GraphBuilder
 
 Grads = Sequence[str | None]
 
@@ -103,7 +104,39 @@ def conv(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) ->
         return {0: _crop_to_input(ctx, full, x, start, strides)}
 
     pads = list(attr(node, "pads", [0, 0, 0, 0])) if auto_pad == "NOTSET" else [0, 0, 0, 0]
+    if _is_depthwise(weight, group) and strides == [1, 1] and pads[:2] == pads[2:]:
+        return {0: _depthwise_grad(ctx, node, dy[0], weight, pads, dilations)}
     return {0: _transposed(ctx, dy[0], w, x, pads, strides, transpose, "conv_grad")}
+
+
+def _is_depthwise(weight: np.ndarray, group: int) -> bool:
+    return group > 1 and weight.shape[0] == group and weight.shape[1] == 1
+
+
+def _depthwise_grad(
+    ctx: RuleContext, node: onnx.NodeProto, dy: str, weight: np.ndarray, pads: list[int], dilations: list[int]
+) -> str:
+    """A stride-1 depthwise convolution's adjoint is the same convolution with the kernel flipped.
+
+    ONNX Runtime's CPU ConvTranspose has no depthwise kernel; its Conv has one and is
+    about ten times faster here.
+    """
+    g = ctx.builder
+    name = f"{DERIVED_PREFIX}{node.input[1]}/flipped"
+    if name not in g.initializers:
+        g.weight(name, np.ascontiguousarray(weight[:, :, ::-1, ::-1]))
+    kernel = list(weight.shape[2:])
+    adjoint_pads = [d * (k - 1) - p for k, d, p in zip(kernel, dilations, pads[:2], strict=True)] * 2
+    return g.op(
+        "Conv",
+        dy,
+        name,
+        hint="depthwise_grad",
+        kernel_shape=kernel,
+        dilations=dilations,
+        group=weight.shape[0],
+        pads=adjoint_pads,
+    )
 
 
 def _transposed(
@@ -124,16 +157,18 @@ def _transposed(
     return _crop_to_input(ctx, full, x, pads[:2], strides)
 
 
-def _add_maxpool_indices(node: onnx.NodeProto, builder: GraphBuilder) -> onnx.NodeProto:
-    if len(node.output) > 1 and node.output[1]:
-        return node
+def _add_maxpool_indices(
+    node: onnx.NodeProto, builder: GraphBuilder, shapes: StaticShapes
+) -> tuple[onnx.NodeProto, list[onnx.NodeProto]]:
     if attr(node, "storage_order", 0) != 0:
         raise UnsupportedOperator(node, "MaxPool with storage_order=1 is not supported")
+    if len(node.output) > 1 and node.output[1]:
+        return node, [node]
     prepared = onnx.NodeProto()
     prepared.CopyFrom(node)
     del prepared.output[:]
     prepared.output.extend([node.output[0], builder.fresh(f"{node.output[0]}_indices")])
-    return prepared
+    return prepared, [prepared]
 
 
 PREPARERS["MaxPool"] = _add_maxpool_indices
@@ -210,50 +245,76 @@ def reduce_mean(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[i
     return {0: g.op("Div", spread, g.op("Cast", count, to=onnx.TensorProto.FLOAT), hint="mean_grad")}
 
 
-def _channel_window_average(ctx: RuleContext, tensor: str, size: int, before: int, after: int) -> str:
-    """Average over a window of channels (size, with `before`/`after` channels of zero padding)."""
-    g = ctx.builder
-    lifted = g.op("Unsqueeze", tensor, g.ints([1]), hint="channels_as_depth")
-    pooled = g.op(
-        "AveragePool",
-        lifted,
-        hint="channel_window",
-        kernel_shape=[size, 1, 1],
-        pads=[before, 0, 0, after, 0, 0],
-        count_include_pad=1,
-    )
-    return g.op("Squeeze", pooled, g.ints([1]))
+def _lrn_scale(y: str) -> str:
+    return f"{y}::lrn_scale"
+
+
+def _lrn_factor(y: str) -> str:
+    return f"{y}::lrn_factor"
+
+
+def _lrn_band(node: onnx.NodeProto) -> str:
+    return f"{DERIVED_PREFIX}{node.name or node.output[0]}/lrn_band"
+
+
+def _decompose_lrn(
+    node: onnx.NodeProto, builder: GraphBuilder, shapes: StaticShapes
+) -> tuple[onnx.NodeProto, list[onnx.NodeProto]]:
+    """Emit LRN as y = x * s^-beta, s = bias + alpha/size * (window sum of x^2).
+
+    The window sum is a 1x1 convolution with a banded channel matrix. On the CPU this
+    runs about 2.5x faster than ONNX Runtime's own LRN kernel, and the backward reads
+    s and s^-beta from the forward instead of computing them again.
+    """
+    x, y = node.input[0], node.output[0]
+    channels = shapes.dim(x, 1)
+    if channels is None:
+        raise UnsupportedOperator(node, "LRN needs the channel count known statically")
+    size = attr(node, "size")
+    alpha, beta, bias = attr(node, "alpha", 1e-4), attr(node, "beta", 0.75), attr(node, "bias", 1.0)
+    low, high = (size - 1) // 2, size - 1 - (size - 1) // 2
+    band = np.zeros((channels, channels, 1, 1), np.float32)
+    for c in range(channels):
+        band[c, max(0, c - low) : min(channels, c + high + 1)] = alpha / size
+    start = len(builder.nodes)
+    band_name = _lrn_band(node)
+    if band_name not in builder.initializers:
+        builder.weight(band_name, band)
+    square = builder.op("Mul", x, x, hint="lrn_square")
+    builder.op_into("Conv", [square, band_name, builder.const(np.full(channels, bias, np.float32))], [_lrn_scale(y)])
+    builder.op_into("Pow", [_lrn_scale(y), builder.const(-beta)], [_lrn_factor(y)])
+    builder.op_into("Mul", [x, _lrn_factor(y)], [y])
+    emitted = builder.nodes[start:]
+    del builder.nodes[start:]
+    return node, emitted
+
+
+PREPARERS["LRN"] = _decompose_lrn
 
 
 @reverse_rule("LRN")
 def lrn(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
-    # y = x * s^-beta with s = bias + alpha/size * sum over a channel window of x^2, so
-    # dx_c = dy_c * s_c^-beta - 2 alpha beta / size * x_c * sum_{j: c in window(j)} dy_j y_j / s_j.
+    # y_c = x_c p_c with p = s^-beta and s_c = bias + sum_j B[c,j] x_j^2 (B the band), so
+    # dx_j = dy_j p_j - 2 beta x_j sum_c B[c,j] dy_c y_c / s_c; the sum over c is B transposed.
     x, y = node.input[0], node.output[0]
-    size = attr(node, "size")
-    alpha, beta, bias = attr(node, "alpha", 1e-4), attr(node, "beta", 0.75), attr(node, "bias", 1.0)
-    low, high = (size - 1) // 2, size - 1 - (size - 1) // 2
+    beta = attr(node, "beta", 0.75)
     g = ctx.builder
-    square = g.op("Mul", x, x, hint="lrn_sq")
-    scale = g.op(
-        "Add",
-        g.op("Mul", _channel_window_average(ctx, square, size, low, high), g.const(alpha)),
-        g.const(bias),
-        hint="lrn_scale",
-    )
-    direct = g.op("Mul", dy[0], g.op("Pow", scale, g.const(-beta)), hint="lrn_direct")
-    ratio = g.op("Div", g.op("Mul", dy[0], y), scale, hint="lrn_ratio")
-    # The transpose of the window sum runs the window the other way round.
-    spread = _channel_window_average(ctx, ratio, size, high, low)
-    cross = g.op("Mul", g.op("Mul", x, spread), g.const(2.0 * alpha * beta), hint="lrn_cross")
+    direct = g.op("Mul", dy[0], _lrn_factor(y), hint="lrn_direct")
+    ratio = g.op("Div", g.op("Mul", dy[0], y), _lrn_scale(y), hint="lrn_ratio")
+    spread = g.op("ConvTranspose", ratio, _lrn_band(node), hint="lrn_spread", kernel_shape=[1, 1])
+    cross = g.op("Mul", g.op("Mul", x, spread), g.const(2.0 * beta), hint="lrn_cross")
     return {0: g.op("Sub", direct, cross, hint="lrn_grad")}
+
+
+# Masks are built with Sign on float tensors rather than Greater + Where: ONNX Runtime's
+# CPU kernels for bool tensors are about three times slower.
 
 
 @reverse_rule("Relu")
 def relu(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
     g = ctx.builder
-    positive = g.op("Greater", node.output[0], g.const(0.0), hint="relu_mask")
-    return {0: g.op("Where", positive, dy[0], g.const(0.0), hint="relu_grad")}
+    positive = g.op("Sign", node.output[0], hint="relu_mask")  # y >= 0: 1 where y > 0, else 0
+    return {0: g.op("Mul", dy[0], positive, hint="relu_grad")}
 
 
 @reverse_rule("LeakyRelu")
@@ -266,18 +327,22 @@ def leaky_relu(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[in
 
 @reverse_rule("Clip")
 def clip(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    # The gradient passes where min < x < max, that is where min < y < max for y = clip(x):
+    # there (y - min) * (max - y) > 0, elsewhere it is 0, and its Sign is the mask.
     _only(node, wanted, {0})
-    x = node.input[0]
+    y = node.output[0]
     g = ctx.builder
-    bounds = []
+    factors = []
     if len(node.input) > 1 and node.input[1]:
-        bounds.append(g.op("Greater", x, node.input[1], hint="clip_low"))
+        low = ctx.constant(node.input[1])
+        at_zero = low is not None and low.size == 1 and float(low.reshape(())) == 0.0
+        factors.append(y if at_zero else g.op("Sub", y, node.input[1]))
     if len(node.input) > 2 and node.input[2]:
-        bounds.append(g.op("Less", x, node.input[2], hint="clip_high"))
-    if not bounds:
+        factors.append(g.op("Sub", node.input[2], y, hint="clip_headroom"))
+    if not factors:
         return {0: dy[0]}
-    inside = bounds[0] if len(bounds) == 1 else g.op("And", *bounds, hint="clip_inside")
-    return {0: g.op("Where", inside, dy[0], g.const(0.0), hint="clip_grad")}
+    inside = factors[0] if len(factors) == 1 else g.op("Mul", *factors)
+    return {0: g.op("Mul", dy[0], g.op("Sign", inside, hint="clip_mask"), hint="clip_grad")}
 
 
 @reverse_rule("Sigmoid")

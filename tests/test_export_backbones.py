@@ -102,7 +102,11 @@ def test_lite0_gradient_matches_torch_at_stem_block_and_head(lite0_dir, lite0_we
     _check_against_torch(lite0_dir, lite0_weights, {"stem": 0.3, "block3": 1.0, "head": 0.7}, size)
 
 
-@pytest.mark.parametrize("size", [(99, 125), (112, 96)], ids=["odd", "even"])
+# Sizes are chosen away from float32 kinks: at 112x96 one activation deep in the network
+# sits so close to a ReLU's zero (or a max pool's tie) that float32 and float64 take
+# different sides, and one receptive field's worth of pixels differs by 2e-3; at the
+# other sizes tried (99x125, 128x96, 100x100, 96x120) everything agrees to 3e-7.
+@pytest.mark.parametrize("size", [(99, 125), (128, 96)], ids=["odd", "even"])
 def test_googlenet_bvlc_gradient_matches_torch_at_inception_4c(googlenet_bvlc_dir, bvlc_weights, size):
     _check_against_torch(googlenet_bvlc_dir, bvlc_weights, {"inception_4c/output": 1.0}, size)
 
@@ -128,10 +132,12 @@ def test_cost_follows_the_deepest_selected_layer(googlenet_bvlc_dir):
     manifest = read_manifest(googlenet_bvlc_dir)
     early = onnx.load(str(googlenet_bvlc_dir / manifest.layer("conv2/3x3").graph), load_external_data=False)
     deep = onnx.load(str(googlenet_bvlc_dir / manifest.layer("inception_5b/output").graph), load_external_data=False)
-    early_convs = sum(node.op_type == "Conv" for node in early.graph.node)
-    deep_convs = sum(node.op_type == "Conv" for node in deep.graph.node)
-    assert early_convs == 3
-    assert deep_convs == 57
+    def backbone_convs(model: onnx.ModelProto) -> int:
+        # LRN's channel window is a Conv too, with a derived weight: not a backbone layer.
+        return sum(node.op_type == "Conv" and not node.input[1].startswith("derived/") for node in model.graph.node)
+
+    assert backbone_convs(early) == 3
+    assert backbone_convs(deep) == 57
 
 
 def test_all_graphs_share_one_weights_file(lite0_dir):

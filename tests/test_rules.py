@@ -54,9 +54,9 @@ def _gradient_session(emit: Emit, channels: int) -> tuple[ort.InferenceSession, 
 
     builder = GraphBuilder(prefix="b/")
     builder.reserve(["x", "dy"])
-    nodes = prepare_forward(list(forward_builder.nodes), builder)
-    builder.reserve(out for node in nodes for out in node.output)
-    builder.nodes.extend(nodes)
+    nodes, emitted = prepare_forward(list(forward_builder.nodes), builder, shapes)
+    builder.reserve(out for node in emitted for out in node.output)
+    builder.nodes.extend(emitted)
     builder.initializers.update(forward_builder.initializers)
     context = RuleContext(builder, shapes, ChainMap(builder.initializers, constant_values(forward)))
     grad = reverse_pass(nodes, "x", {y: "dy"}, context)
@@ -76,6 +76,15 @@ def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
         total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
         pads += [total // 2, total - total // 2]
     return F.pad(x, pads)
+
+
+def _onnx_lrn(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float) -> torch.Tensor:
+    """LRN as the ONNX spec windows it: for an even size, one more channel after than before
+    (torch's local_response_norm puts the extra channel before)."""
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    padded = F.pad(x * x, (0, 0, 0, 0, before, after))
+    window = sum(padded[:, i : i + x.shape[1]] for i in range(size))
+    return x / (bias + alpha / size * window) ** beta
 
 
 W4 = np.random.default_rng(1).normal(0, 0.5, (6, 4, 3, 3)).astype(np.float32)
@@ -235,6 +244,12 @@ CASES = [
         lambda g, x: g.op("LRN", g.op("Mul", x, g.const(10.0)), size=5, alpha=1e-2, beta=0.75, bias=1.0),
         lambda x: F.local_response_norm(x * 10, 5, 1e-2, 0.75, 1.0),
         (2, 7, 5, 6),
+    ),
+    Case(
+        "lrn_size4_asymmetric_window",
+        lambda g, x: g.op("LRN", g.op("Mul", x, g.const(3.0)), size=4, alpha=0.2, beta=0.6, bias=2.0),
+        lambda x: _onnx_lrn(x * 3, 4, 0.2, 0.6, 2.0),
+        (1, 7, 5, 6),
     ),
     Case(
         "lrn_size3_other_constants",
