@@ -136,13 +136,28 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
     for number, group in enumerate(dream.cut_groups(model.layers)):
         last = group[-1]
         stem = f"{number:02d}_{_file_safe(model.layers[last].name)}"
-        graph_file, step_file = f"{stem}.onnx", f"{stem}.step.onnx"
-        _save(dream.build_gradient_graph(prepared, last), model_dir / graph_file, weights)
-        _save(dream.build_step_graph(prepared, last), model_dir / step_file, weights)
-        deepest_graph = model_dir / graph_file
+        files = {kind: f"{stem}{kind}.onnx" for kind in ("", ".step", ".focus", ".focus.step")}
+        up_to_group = list(range(last + 1))
+        _save(dream.build_gradient_graph(prepared, up_to_group), model_dir / files[""], weights)
+        _save(dream.build_step_graph(prepared, up_to_group), model_dir / files[".step"], weights)
+        _save(dream.build_gradient_graph(prepared, group), model_dir / files[".focus"], weights)
+        _save(dream.build_step_graph(prepared, group), model_dir / files[".focus.step"], weights)
+        deepest_graph = model_dir / files[""]
         for index in group:
             layer = model.layers[index]
-            layers.append(Layer(layer.name, layer.channels, layer.stride, graph_file, step_file, channel_offset))
+            layers.append(
+                Layer(
+                    name=layer.name,
+                    channels=layer.channels,
+                    stride=layer.stride,
+                    graph=files[""],
+                    step_graph=files[".step"],
+                    channel_offset=channel_offset,
+                    group=model.layers[last].name,
+                    focus_graph=files[".focus"],
+                    focus_step_graph=files[".focus.step"],
+                )
+            )
             channel_offset += layer.channels
 
     manifest = Manifest(

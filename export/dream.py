@@ -1,11 +1,12 @@
 """The dream graphs of one cut of a backbone: loss and gradient, and the fused ascent step.
 
-For the cut after layer group k, the graph computes the layers up to that group
-from the image (preprocessing inside the graph), the dream loss
+For a set of layers (all layers up to the end of a group, or one group's own), the
+graph computes those layers from the image (preprocessing inside the graph), the
+dream loss
 
     loss[n] = sum_j layer_weights[j] / (C_j H_j W_j) * sum_{c,h,w} channel_weights_j[c] * a_j[n,c,h,w]^2
 
-over those layers, its gradient with respect to the image (our reverse pass),
+over them, its gradient with respect to the image (our reverse pass),
 and each layer's channel means. The step graph wraps the same computation in
 one whole DeepDream step (roll, gradient, roll back, normalise, update, clip).
 """
@@ -143,14 +144,16 @@ def _rename_output(nodes: list[onnx.NodeProto], old: str, new: str) -> None:
                 node.input[i] = new
 
 
-def _emit_dream(builder: GraphBuilder, prepared: PreparedBackbone, last: int, source: str) -> tuple[str, str, str]:
-    """Forward to layer `last`, loss, channel means and the gradient w.r.t. `source`.
+def _emit_dream(
+    builder: GraphBuilder, prepared: PreparedBackbone, loss_layers: list[int], source: str
+) -> tuple[str, str, str]:
+    """Forward to the layers in `loss_layers`, their loss and channel means, and the gradient
+    of the loss w.r.t. `source`. Other layers' weights are ignored, their means are zero.
 
     Returns the names of (loss, gradient, channel means).
     """
     layers = prepared.layers
-    computed = layers[: last + 1]
-    forward = _ancestors(prepared.nodes, {layer.tensor for layer in computed})
+    forward = _ancestors(prepared.nodes, {layers[index].tensor for index in loss_layers})
     if source != IMAGE:
         forward = _rename_input(forward, IMAGE, source)
     forward, emitted = prepare_forward(forward, builder, prepared.shapes)
@@ -158,27 +161,22 @@ def _emit_dream(builder: GraphBuilder, prepared: PreparedBackbone, last: int, so
     builder.nodes.extend(emitted)
 
     terms, seeds, means = [], {}, []
+    zero_run = 0  # channels of consecutive layers outside the loss, written as one zero block
     offset = 0
     for index, layer in enumerate(layers):
-        if index > last:
-            break
-        term, seed = _emit_layer_loss(builder, layer, index, offset)
-        terms.append(term)
-        seeds[layer.tensor] = seed
-        means.append(builder.op("ReduceMean", layer.tensor, hint="channel_mean", axes=[2, 3], keepdims=0))
+        if index in loss_layers:
+            if zero_run:
+                means.append(_zero_means(builder, source, zero_run))
+                zero_run = 0
+            term, seed = _emit_layer_loss(builder, layer, index, offset)
+            terms.append(term)
+            seeds[layer.tensor] = seed
+            means.append(builder.op("ReduceMean", layer.tensor, hint="channel_mean", axes=[2, 3], keepdims=0))
+        else:
+            zero_run += layer.channels
         offset += layer.channels
-    rest = sum(layer.channels for layer in layers[last + 1 :])
-    if rest:
-        batch = builder.op("Shape", source, hint="batch", start=0, end=1)
-        zero_shape = builder.op("Concat", batch, builder.ints([rest]), axis=0)
-        means.append(
-            builder.op(
-                "ConstantOfShape",
-                zero_shape,
-                hint="uncomputed_means",
-                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]),
-            )
-        )
+    if zero_run:
+        means.append(_zero_means(builder, source, zero_run))
     loss = terms[0] if len(terms) == 1 else builder.op("Sum", *terms, hint="loss_sum")
     channel_means = means[0] if len(means) == 1 else builder.op("Concat", *means, hint="means", axis=1)
 
@@ -186,6 +184,14 @@ def _emit_dream(builder: GraphBuilder, prepared: PreparedBackbone, last: int, so
     context = RuleContext(builder, shapes, ChainMap(builder.initializers, prepared.constants))
     grad = reverse_pass(forward, source, seeds, context)
     return loss, grad, channel_means
+
+
+def _zero_means(builder: GraphBuilder, source: str, channels: int) -> str:
+    """[N, channels] of zeros: the channel means of layers this graph does not compute."""
+    batch = builder.op("Shape", source, hint="batch", start=0, end=1)
+    shape = builder.op("Concat", batch, builder.ints([channels]), axis=0)
+    zero = helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])
+    return builder.op("ConstantOfShape", shape, hint="uncomputed_means", value=zero)
 
 
 def _emit_layer_loss(builder: GraphBuilder, layer: DreamLayer, index: int, offset: int) -> tuple[str, str]:
@@ -214,16 +220,19 @@ def _interface(step: bool, channel_total: int, layer_count: int) -> list[onnx.Va
     return inputs
 
 
-def build_gradient_graph(prepared: PreparedBackbone, last: int) -> onnx.ModelProto:
-    """Inputs image, layer_weights, channel_weights; outputs loss, grad, channel_means."""
+def build_gradient_graph(prepared: PreparedBackbone, loss_layers: list[int]) -> onnx.ModelProto:
+    """Inputs image, layer_weights, channel_weights; outputs loss, grad, channel_means.
+
+    The loss covers the layers whose indices are in `loss_layers`.
+    """
     builder = GraphBuilder(prefix="d/")
-    loss, grad, means = _emit_dream(builder, prepared, last, IMAGE)
+    loss, grad, means = _emit_dream(builder, prepared, loss_layers, IMAGE)
     for old, new in ((loss, LOSS), (grad, GRAD), (means, CHANNEL_MEANS)):
         _rename_output(builder.nodes, old, new)
     return _finish(builder, prepared, step=False)
 
 
-def build_step_graph(prepared: PreparedBackbone, last: int) -> onnx.ModelProto:
+def build_step_graph(prepared: PreparedBackbone, loss_layers: list[int]) -> onnx.ModelProto:
     """One DeepDream step: inputs as the gradient graph plus shift and step_size; outputs image_out, loss.
 
     `shift` is (dy, dx) with 0 <= dy < H and 0 <= dx < W: the image is rolled by it
@@ -237,7 +246,7 @@ def build_step_graph(prepared: PreparedBackbone, last: int) -> onnx.ModelProto:
     width = g.op("Slice", size, g.ints([1]), g.ints([2]), hint="width")
     rolled = _roll(g, _roll(g, IMAGE, shift_y, height, 2), shift_x, width, 3)
 
-    loss, grad, _ = _emit_dream(g, prepared, last, rolled)
+    loss, grad, _ = _emit_dream(g, prepared, loss_layers, rolled)
     back_y = g.op("Sub", height, shift_y)
     back_x = g.op("Sub", width, shift_x)
     grad = _roll(g, _roll(g, grad, back_y, height, 2), back_x, width, 3)

@@ -9,14 +9,23 @@ without the export tool's dependencies.
 Every graph of a model has the same interface (see `GRAPH_INPUTS` and
 `GRAPH_OUTPUTS`): `layer_weights` has one entry per manifest layer and
 `channel_weights` one per channel of every manifest layer, in manifest order.
-The graph of layer k computes layers 0..k; the weights of deeper layers are
-ignored by it and their `channel_means` columns are zero. To dream on a set of
-layers, run the graph of the deepest one with a non-zero weight.
+
+Layers come in groups (an inception block's branches and output, say; most
+layers are a group of their own), and each group has two pairs of graphs (a
+gradient graph and a fused step graph each):
+- `graph` / `step_graph`: the loss over every layer up to the end of the group.
+  Weights of deeper layers are ignored and their `channel_means` columns are zero.
+- `focus_graph` / `focus_step_graph`: the loss over the group's own layers only,
+  with the same interface; the weights of all other layers are ignored. Seeding
+  the loss of dozens of unselected layers costs a full pass over each of their
+  activations, so this is the fast path for the common dream on one layer.
+`Manifest.step_graph_for` chooses between them for a set of layer weights.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,9 +64,12 @@ class Layer:
     name: str  # as the backbone names it, e.g. "inception_4c/output"
     channels: int
     stride: int  # spatial stride against the input image (input pixels per activation pixel)
-    graph: str  # gradient graph (GRAPH_*), relative to the model dir, to run when this is the deepest layer
+    graph: str  # gradient graph (GRAPH_*), relative to the model dir: loss over every layer up to this group
     step_graph: str  # fused ascent step graph (STEP_*) for the same cut
     channel_offset: int  # where this layer's channels start in channel_weights / channel_means
+    group: str  # layers of one group share their graphs
+    focus_graph: str  # gradient graph with the loss over this layer's group only
+    focus_step_graph: str  # fused ascent step graph, loss over this layer's group only
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,26 @@ class Manifest:
             if layer.name == name:
                 return index
         raise KeyError(name)
+
+    def serving_layer(self, layers: Mapping[str, float]) -> tuple[Layer, bool]:
+        """The layer whose graphs serve a dream on `layers` (name -> weight), and whether
+        its focus graphs do: the deepest layer with a non-zero weight, focused when every
+        such layer is in its group."""
+        selected = [self.layer(name) for name, weight in layers.items() if weight != 0]
+        if not selected:
+            raise ValueError("at least one layer needs a non-zero weight")
+        deepest = max(selected, key=lambda layer: self.layer_index(layer.name))
+        return deepest, all(layer.group == deepest.group for layer in selected)
+
+    def step_graph_for(self, layers: Mapping[str, float]) -> str:
+        """The fused step graph to run for a dream on `layers` (name -> weight)."""
+        layer, focused = self.serving_layer(layers)
+        return layer.focus_step_graph if focused else layer.step_graph
+
+    def graph_for(self, layers: Mapping[str, float]) -> str:
+        """The gradient graph to run for `layers`, chosen as `step_graph_for` chooses."""
+        layer, focused = self.serving_layer(layers)
+        return layer.focus_graph if focused else layer.graph
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

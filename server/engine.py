@@ -34,9 +34,8 @@ from dreamstream.export.manifest import (
     LOSS,
     SHIFT,
     STEP_SIZE,
-    Layer,
 )
-from dreamstream.server.models import Model, ModelRepository, deepest_layer
+from dreamstream.server.models import Model, ModelRepository
 
 # The defaults, also written in dream.proto and the README.
 DEFAULT_OCTAVES = 4
@@ -127,7 +126,7 @@ class DreamPlan:
     params: DreamParams
     start: np.ndarray | None  # HxWx3 float32 picture, or None to start from noise
     sizes: tuple[tuple[int, int], ...]  # (height, width) of each octave, smallest first
-    layer: Layer  # whose step graph runs: the deepest layer with a non-zero weight
+    step_graph: str  # the step graph that runs, chosen by the manifest for the layer weights
     layer_weights: np.ndarray
     channel_weights: np.ndarray
 
@@ -220,7 +219,7 @@ class DreamEngine:
             params=params,
             start=image,
             sizes=octave_sizes(height, width, params.octaves, params.octave_scale, manifest.min_size),
-            layer=deepest_layer(manifest, layers),
+            step_graph=manifest.step_graph_for(layers),
             layer_weights=layer_weights,
             # Every channel counts the same until per-channel dreams arrive; the graphs
             # already take the vector.
@@ -242,7 +241,7 @@ class DreamEngine:
         original = np.ascontiguousarray(start.transpose(2, 0, 1), np.float32)
 
         began = time.perf_counter()
-        session = plan.model.session(plan.layer.step_graph)
+        session = plan.model.session(plan.step_graph)
         stepper = self._stepper(session, plan)
         total_work = params.steps * sum(h * w for h, w in plan.sizes)
         work = 0

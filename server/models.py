@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnxruntime as ort
 
-from dreamstream.export.manifest import MANIFEST_FILE, Layer, Manifest, ManifestError, read_manifest
+from dreamstream.export.manifest import MANIFEST_FILE, Manifest, ManifestError, read_manifest
 from dreamstream.server.providers import Device, choose_device, confirm_device, open_session
 
 log = logging.getLogger(__name__)
@@ -33,16 +33,6 @@ class UnknownModel(LookupError):
 
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"unknown model {name!r}: this server has {', '.join(known)}")
-
-
-def deepest_layer(manifest: Manifest, layers: Mapping[str, float]) -> Layer:
-    """The layer whose graphs serve `layers`: the deepest one with a non-zero weight.
-
-    The graph of layer k computes layers 0..k, so it covers every shallower layer too.
-    Every name in `layers` must be a layer of `manifest`, one weight at least non-zero.
-    """
-    index = max(manifest.layer_index(name) for name, weight in layers.items() if weight != 0)
-    return manifest.layers[index]
 
 
 class Model:
@@ -104,7 +94,7 @@ class ModelRepository:
         models: dict[str, Model] = {}
         for directory, manifest in manifests:
             model = Model(directory, manifest, device)
-            session = model.session(deepest_layer(manifest, manifest.default_layers).step_graph)
+            session = model.session(manifest.step_graph_for(manifest.default_layers))
             device = model.device = confirm_device(session, device)
             models[manifest.name] = model
             log.info(
@@ -132,7 +122,7 @@ class ModelRepository:
             except ManifestError as error:
                 raise RepositoryError(f"{directory}: {error}") from error
             for layer in manifest.layers:
-                for graph in (layer.graph, layer.step_graph):
+                for graph in (layer.graph, layer.step_graph, layer.focus_graph, layer.focus_step_graph):
                     if not (directory / graph).is_file():
                         raise RepositoryError(f"{directory}: graph {graph} is missing: re-export it")
             found.append((directory, manifest))

@@ -171,7 +171,7 @@ def test_the_step_graph_is_the_deepest_weighted_layers_and_its_session_is_reused
 ) -> None:
     image = picture(coffee)
     plan = engine.plan(image, DreamParams(layers={"block2": 1.0, "block5": 0.5, "block9": 0.0}))
-    assert plan.layer.name == "block5"
+    assert plan.step_graph == plan.model.manifest.layer("block5").step_graph  # covers block2 too
     names = [layer.name for layer in plan.model.manifest.layers]
     weights = dict(zip(names, plan.layer_weights, strict=True))
     assert weights["block2"] == 1.0 and weights["block5"] == 0.5
@@ -180,17 +180,21 @@ def test_the_step_graph_is_the_deepest_weighted_layers_and_its_session_is_reused
 
     list(engine.run(plan))
     opened = plan.model.session_count
-    session = plan.model.session(plan.layer.step_graph)
+    session = plan.model.session(plan.step_graph)
     list(engine.run(plan))
     assert plan.model.session_count == opened
-    assert plan.model.session(plan.layer.step_graph) is session
+    assert plan.model.session(plan.step_graph) is session
+
+
+def test_a_dream_on_one_layer_runs_its_focused_step_graph(engine: DreamEngine, coffee: Path) -> None:
+    plan = engine.plan(picture(coffee), DreamParams(layers={"block9": 1.0}))
+    assert plan.step_graph == plan.model.manifest.layer("block9").focus_step_graph
 
 
 def test_the_default_layers_come_from_the_manifest(engine: DreamEngine, coffee: Path) -> None:
     plan = engine.plan(picture(coffee), DreamParams())
     manifest = plan.model.manifest
-    deepest = max(manifest.default_layers, key=manifest.layer_index)
-    assert plan.layer.name == deepest
+    assert plan.step_graph == manifest.step_graph_for(manifest.default_layers)
     for name, weight in manifest.default_layers.items():
         assert plan.layer_weights[manifest.layer_index(name)] == weight
 

@@ -132,6 +132,7 @@ def test_cost_follows_the_deepest_selected_layer(googlenet_bvlc_dir):
     manifest = read_manifest(googlenet_bvlc_dir)
     early = onnx.load(str(googlenet_bvlc_dir / manifest.layer("conv2/3x3").graph), load_external_data=False)
     deep = onnx.load(str(googlenet_bvlc_dir / manifest.layer("inception_5b/output").graph), load_external_data=False)
+
     def backbone_convs(model: onnx.ModelProto) -> int:
         # LRN's channel window is a Conv too, with a derived weight: not a backbone layer.
         return sum(node.op_type == "Conv" and not node.input[1].startswith("derived/") for node in model.graph.node)
@@ -196,3 +197,29 @@ def test_manifest_records_sizes_preprocessing_and_weights_digest(lite0_dir):
     assert len(raw["weights_sha256"]) == 64
     assert [layer["name"] for layer in raw["layers"]] == ["stem", *[f"block{i}" for i in range(16)], "head"]
     assert set(raw["default_layers"]) <= {layer["name"] for layer in raw["layers"]}
+
+
+def test_focus_graph_agrees_with_the_cut_graph_and_ignores_other_layers(googlenet_bvlc_dir):
+    manifest = read_manifest(googlenet_bvlc_dir)
+    chosen = {"inception_4a/3x3": 0.7, "inception_4a/output": 1.0}
+    assert manifest.step_graph_for(chosen) == manifest.layer("inception_4a/output").focus_step_graph
+    assert manifest.step_graph_for({**chosen, "conv2/3x3": 0.1}) == manifest.layer("inception_4a/output").step_graph
+    rng = np.random.default_rng(3)
+    layer_weights, channel_weights = _weights_vectors(manifest, chosen, rng)
+    image = _photo((90, 110))
+    feeds = {"image": image, "layer_weights": layer_weights, "channel_weights": channel_weights}
+    cut = _session(googlenet_bvlc_dir / manifest.layer("inception_4a/output").graph).run(None, feeds)
+    focus = _session(googlenet_bvlc_dir / manifest.graph_for(chosen)).run(None, feeds)
+    np.testing.assert_allclose(focus[0], cut[0], rtol=1e-5)
+    np.testing.assert_allclose(focus[1], cut[1], rtol=1e-4, atol=1e-6 * np.abs(cut[1]).max())
+    block = manifest.layer("inception_4a/1x1")
+    columns = slice(block.channel_offset, manifest.layer("inception_4a/output").channel_offset + 512)
+    np.testing.assert_allclose(focus[2][:, columns], cut[2][:, columns], rtol=1e-5, atol=1e-6)
+    assert not focus[2][:, : block.channel_offset].any()  # layers outside the group are not computed
+
+    # Weights of layers outside the group do not reach the focused loss.
+    layer_weights[manifest.layer_index("conv2/3x3")] = 5.0
+    moved = _session(googlenet_bvlc_dir / manifest.graph_for(chosen)).run(
+        None, {**feeds, "layer_weights": layer_weights}
+    )
+    np.testing.assert_allclose(moved[0], focus[0], rtol=1e-6)

@@ -183,7 +183,7 @@ def test_a_dream_that_fails_on_the_server_is_internal_and_the_next_is_served(
     repository = ModelRepository(model_dir.parent, device="cpu")
     repository.load()
     # Damaged after loading: the graph's session is opened on its first dream, and fails.
-    (model_dir / read_manifest(model_dir).layer("block2").step_graph).write_bytes(b"not onnx")
+    (model_dir / read_manifest(model_dir).step_graph_for({"block2": 1.0})).write_bytes(b"not onnx")
     damaged = start_server(repository)
     with DreamClient(damaged.target) as client:
         with pytest.raises(DreamstreamError, match="the dream failed") as raised:

@@ -164,9 +164,7 @@ def test_a_global_outside_the_allowed_few_is_refused_even_when_harmless(tmp_path
 
 
 @pytest.mark.parametrize("wrapper", ["state_dict", "model"])
-def test_a_checkpoint_wrapping_the_state_dict_is_unwrapped_and_module_prefix_stripped(
-    tmp_path: Path, wrapper: str
-):
+def test_a_checkpoint_wrapping_the_state_dict_is_unwrapped_and_module_prefix_stripped(tmp_path: Path, wrapper: str):
     path = tmp_path / "checkpoint.pth"
     weights = {"module.conv.weight": torch.ones(2, 1), "module.conv.bias": torch.zeros(2)}
     torch.save({"epoch": 3, "best": 0.5, wrapper: weights}, path)
@@ -190,9 +188,7 @@ def test_a_file_holding_no_state_dict_says_what_it_holds(tmp_path: Path):
         read_torch_state_dict(path)
 
 
-@pytest.mark.parametrize(
-    "content", [b"not a weight file at all", b"\x80\x02K\x05.", b"PK\x03\x04broken"]
-)
+@pytest.mark.parametrize("content", [b"not a weight file at all", b"\x80\x02K\x05.", b"PK\x03\x04broken"])
 def test_garbage_is_a_weights_error_naming_the_file(tmp_path: Path, content: bytes):
     path = tmp_path / "garbage.pth"
     path.write_bytes(content)
@@ -326,9 +322,7 @@ def test_caffemodel_with_current_layer_messages_reads_back_equal(tmp_path: Path)
     arrays = _some_caffe_arrays()
     conv1, conv2, fc = "conv2/3x3_reduce", "inception_3a/5x5", "loss3/classifier"
     net = _message(1, b"GoogleNet") + _layer("data", "Input", [])
-    net += _layer(
-        conv1, "Convolution", [_blob(arrays[f"{conv1}/weight"]), _blob(arrays[f"{conv1}/bias"])]
-    )
+    net += _layer(conv1, "Convolution", [_blob(arrays[f"{conv1}/weight"]), _blob(arrays[f"{conv1}/bias"])])
     net += _layer("relu", "ReLU", [])
     net += _layer(
         conv2,
@@ -412,9 +406,7 @@ def test_read_weights_recognises_each_format(tmp_path: Path):
     torch.save({"a": torch.ones(2)}, tmp_path / "zip.pth")
     torch.save({"a": torch.ones(2)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
     np.savez(tmp_path / "arrays.npz", a=np.ones(2, np.float32))
-    (tmp_path / "net.caffemodel").write_bytes(
-        _layer("a", "Convolution", [_blob(np.ones((1, 2, 1, 1), np.float32))])
-    )
+    (tmp_path / "net.caffemodel").write_bytes(_layer("a", "Convolution", [_blob(np.ones((1, 2, 1, 1), np.float32))]))
     for name in ("zip.pth", "legacy.pth", "arrays.npz"):
         np.testing.assert_array_equal(read_weights(tmp_path / name)["a"], np.ones(2))
     assert read_weights(tmp_path / "net.caffemodel")["a/weight"].shape == (1, 2, 1, 1)
@@ -422,7 +414,9 @@ def test_read_weights_recognises_each_format(tmp_path: Path):
 
 def test_require_names_a_missing_key_and_the_closest_present():
     weights = {"conv1/7x7_s2/weight": np.zeros((64, 3, 7, 7), np.float32)}
-    with pytest.raises(WeightsError, match=r"missing weight 'conv1/7x7_s2/bias', expected shape \(64,\).*7x7_s2/weight"):
+    with pytest.raises(
+        WeightsError, match=r"missing weight 'conv1/7x7_s2/bias', expected shape \(64,\).*7x7_s2/weight"
+    ):
         require(weights, "conv1/7x7_s2/bias", (64,))
 
 
@@ -430,9 +424,7 @@ def test_require_names_the_layer_and_both_shapes():
     weights = {"features.0.weight": np.zeros((64, 3, 5, 5), np.float32)}
     with pytest.raises(WeightsError) as caught:
         require(weights, "features.0.weight", (64, 3, 3, 3), source="vgg16.pth")
-    assert str(caught.value) == (
-        "vgg16.pth: layer features.0.weight: expected shape (64, 3, 3, 3), got (64, 3, 5, 5)"
-    )
+    assert str(caught.value) == ("vgg16.pth: layer features.0.weight: expected shape (64, 3, 3, 3), got (64, 3, 5, 5)")
     with pytest.raises(WeightsError, match=r"expected shape \(64,\), got \(64, 3, 5, 5\)"):
         require(weights, "features.0.weight", (64,))
 
@@ -449,9 +441,6 @@ def test_sha256_of_matches_hashlib(tmp_path: Path):
 
 
 def test_the_weights_module_does_not_import_torch():
-    code = (
-        "import sys, dreamstream.export.weights; "
-        "assert 'torch' not in sys.modules, 'torch was imported'"
-    )
+    code = "import sys, dreamstream.export.weights; assert 'torch' not in sys.modules, 'torch was imported'"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
