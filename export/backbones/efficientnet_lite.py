@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onnx import TensorProto
-
-from dreamstream.export.backbone import Backbone, DreamLayer
+from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones.layers import batchnorm_params, conv, fold_batchnorm, relu6
+from dreamstream.export.backbones.net import NetBuilder
 from dreamstream.export.backbones.source import WeightSource
-from dreamstream.export.graph import GraphBuilder, make_model, tensor_info
+from dreamstream.export.graph import GraphBuilder
 from dreamstream.export.manifest import Preprocessing
 
 BN_EPS = 1e-3
@@ -57,41 +56,24 @@ def _conv_bn(
 
 
 def build(source: WeightSource) -> Backbone:
-    g = GraphBuilder()
-    x = "pixels"
-    layers: list[DreamLayer] = []
-    stride = 2
-    x = relu6(g, _conv_bn(g, source, x, "_conv_stem", "_bn0", (STEM_CHANNELS, 3, 3, 3), stride=2), "stem")
-    layers.append(DreamLayer("stem", x, STEM_CHANNELS, stride))
+    net = NetBuilder(source)
+    g = net.g
+    stem = _conv_bn(g, source, net.input, "_conv_stem", "_bn0", (STEM_CHANNELS, 3, 3, 3), stride=2)
+    net.stride = 2
+    x = net.record("stem", relu6(g, stem, "stem"), STEM_CHANNELS)
 
     channels, block = STEM_CHANNELS, 0
     for kernel, first_stride, expand, out_channels, repeats in STAGES:
         for repeat in range(repeats):
             block_stride = first_stride if repeat == 0 else 1
             x = _mbconv(g, source, x, block, channels, out_channels, kernel, block_stride, expand)
-            stride *= block_stride
-            layers.append(DreamLayer(f"block{block}", x, out_channels, stride))
+            net.stride *= block_stride
+            net.record(f"block{block}", x, out_channels)
             channels, block = out_channels, block + 1
 
     head = _conv_bn(g, source, x, "_conv_head", "_bn1", (HEAD_CHANNELS, channels, 1, 1))
-    x = relu6(g, head, "head")
-    layers.append(DreamLayer("head", x, HEAD_CHANNELS, stride))
-
-    forward = make_model(
-        g,
-        "efficientnet-lite0",
-        [tensor_info("pixels", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [tensor_info(layer.tensor, TensorProto.FLOAT, None) for layer in layers],
-    )
-    return Backbone(
-        name="efficientnet-lite0",
-        forward=forward,
-        layers=layers,
-        preprocessing=PREPROCESSING,
-        default_layers=dict(DEFAULT_LAYERS),
-        weight_names=frozenset(g.weight_names),
-        source={"weights": source.origin, "license": "Apache-2.0"},
-    )
+    net.record("head", relu6(g, head, "head"), HEAD_CHANNELS)
+    return net.backbone("efficientnet-lite0", PREPROCESSING, DEFAULT_LAYERS, "Apache-2.0")
 
 
 def _mbconv(

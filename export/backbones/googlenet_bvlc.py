@@ -11,12 +11,10 @@ does). Weights come from a `.caffemodel` or an `.npz` of `<layer>/weight`,
 
 from __future__ import annotations
 
-from onnx import TensorProto
-
-from dreamstream.export.backbone import Backbone, DreamLayer
+from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones.layers import concat, conv, max_pool, relu
+from dreamstream.export.backbones.net import NetBuilder
 from dreamstream.export.backbones.source import WeightSource
-from dreamstream.export.graph import GraphBuilder, make_model, tensor_info
 from dreamstream.export.manifest import Preprocessing
 
 PREPROCESSING = Preprocessing(mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), bgr=True, scale=255.0)
@@ -38,18 +36,8 @@ INCEPTION = [
 POOL_BEFORE = {"inception_4a": "pool3/3x3_s2", "inception_5a": "pool4/3x3_s2"}
 
 
-class _Net:
+class _Net(NetBuilder):
     """Builds the graph top by top, recording each top as a dream layer."""
-
-    def __init__(self, source: WeightSource) -> None:
-        self.g = GraphBuilder()
-        self.source = source
-        self.layers: list[DreamLayer] = []
-        self.stride = 1
-
-    def record(self, name: str, tensor: str, channels: int, group: str | None = None) -> str:
-        self.layers.append(DreamLayer(name, tensor, channels, self.stride, group))
-        return tensor
 
     def conv_relu(
         self,
@@ -93,8 +81,8 @@ class _Net:
 
 
 def build(source: WeightSource) -> Backbone:
-    net = _Net(source)
-    x = net.conv_relu("data", "conv1/7x7_s2", 3, 64, 7, 3, stride=2)
+    net = _Net(source, input_name="data")
+    x = net.conv_relu(net.input, "conv1/7x7_s2", 3, 64, 7, 3, stride=2)
     x = net.pool(x, "pool1/3x3_s2", 64)
     x = net.lrn(x, "pool1/norm1", 64)
     x = net.conv_relu(x, "conv2/3x3_reduce", 64, 64, 1, 0)
@@ -107,18 +95,4 @@ def build(source: WeightSource) -> Backbone:
             x = net.pool(x, POOL_BEFORE[spec[0]], channels)
         x, channels = net.inception(x, channels, spec)
 
-    forward = make_model(
-        net.g,
-        "googlenet-bvlc",
-        [tensor_info("data", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [tensor_info(layer.tensor, TensorProto.FLOAT, None) for layer in net.layers],
-    )
-    return Backbone(
-        name="googlenet-bvlc",
-        forward=forward,
-        layers=net.layers,
-        preprocessing=PREPROCESSING,
-        default_layers=dict(DEFAULT_LAYERS),
-        weight_names=frozenset(net.g.weight_names),
-        source={"weights": source.origin, "license": "BVLC model zoo, unrestricted use"},
-    )
+    return net.backbone("googlenet-bvlc", PREPROCESSING, DEFAULT_LAYERS, "BVLC model zoo, unrestricted use")

@@ -13,31 +13,23 @@ is 2x2. A block's name is its concatenated output. The auxiliary classifiers
 from __future__ import annotations
 
 from dreamstream.export.backbone import Backbone
+from dreamstream.export.backbones.googlenet_bvlc import INCEPTION as BVLC_INCEPTION
 from dreamstream.export.backbones.layers import concat, max_pool
 from dreamstream.export.backbones.source import WeightSource
-from dreamstream.export.backbones.torchvision_common import INPUT, TRANSFORM_INPUT, TorchvisionNet
+from dreamstream.export.backbones.torchvision_common import TRANSFORM_INPUT, TorchvisionNet
 
 DEFAULT_LAYERS = {"inception4c": 1.0}
 # Inception blocks: name, then output channels of branch1, branch2 reduce, branch2,
 # branch3 reduce, branch3, branch4. A max pool (name, kernel) comes after the blocks
 # named in POOL_AFTER.
-INCEPTION = [
-    ("inception3a", 64, 96, 128, 16, 32, 32),
-    ("inception3b", 128, 128, 192, 32, 96, 64),
-    ("inception4a", 192, 96, 208, 16, 48, 64),
-    ("inception4b", 160, 112, 224, 24, 64, 64),
-    ("inception4c", 128, 128, 256, 24, 64, 64),
-    ("inception4d", 112, 144, 288, 32, 64, 64),
-    ("inception4e", 256, 160, 320, 32, 128, 128),
-    ("inception5a", 256, 160, 320, 32, 128, 128),
-    ("inception5b", 384, 192, 384, 48, 128, 128),
-]
+# The same widths as BVLC GoogLeNet's blocks (torchvision's "3x3" third branch included).
+INCEPTION = [(f"inception{block[len('inception_') :]}", *widths) for block, *widths in BVLC_INCEPTION]
 POOL_AFTER = {"inception3b": ("maxpool3", 3), "inception4e": ("maxpool4", 2)}
 
 
 def build(source: WeightSource) -> Backbone:
     net = TorchvisionNet(source)
-    x = net.basic_conv(INPUT, "conv1", 3, 64, 7, stride=2, padding=3)
+    x = net.basic_conv(net.input, "conv1", 3, 64, 7, stride=2, padding=3)
     net.stride *= 2
     net.record("conv1", x, 64)
     x = _pool(net, x, "maxpool1", 64)

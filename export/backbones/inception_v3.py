@@ -17,7 +17,7 @@ from __future__ import annotations
 from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones.layers import avg_pool, concat, max_pool
 from dreamstream.export.backbones.source import WeightSource
-from dreamstream.export.backbones.torchvision_common import INPUT, TRANSFORM_INPUT, TorchvisionNet
+from dreamstream.export.backbones.torchvision_common import TRANSFORM_INPUT, TorchvisionNet
 
 DEFAULT_LAYERS = {"Mixed_6c": 1.0}
 # Stem convolutions: name, in, out, kernel, stride, padding; "maxpoolN" entries are pools.
@@ -39,7 +39,7 @@ Block = tuple[str, int, int]
 
 def build(source: WeightSource) -> Backbone:
     net = TorchvisionNet(source)
-    x, channels = INPUT, 3
+    x, channels = net.input, 3
     for name, *spec in STEM:
         if spec:
             in_ch, channels, kernel, stride, padding = spec

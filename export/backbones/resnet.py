@@ -14,7 +14,7 @@ from __future__ import annotations
 from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones.layers import max_pool, relu
 from dreamstream.export.backbones.source import WeightSource
-from dreamstream.export.backbones.torchvision_common import IMAGENET, INPUT, TorchvisionNet
+from dreamstream.export.backbones.torchvision_common import IMAGENET, TorchvisionNet
 
 BN_EPS = 1e-5
 STEM_CHANNELS = 64
@@ -26,7 +26,7 @@ DEFAULT_LAYERS = {"layer3.5": 1.0}
 
 def build(source: WeightSource) -> Backbone:
     net = TorchvisionNet(source)
-    x = net.conv_bn(INPUT, "conv1", "bn1", 3, STEM_CHANNELS, 7, BN_EPS, stride=2, padding=3)
+    x = net.conv_bn(net.input, "conv1", "bn1", 3, STEM_CHANNELS, 7, BN_EPS, stride=2, padding=3)
     net.stride *= 2
     x = net.record("conv1", relu(net.g, x, "conv1"), STEM_CHANNELS)
     x = max_pool(net.g, x, 3, 2, 1, name="maxpool")

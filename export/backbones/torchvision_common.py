@@ -9,12 +9,9 @@ published with `transform_input=True`, which turns that normalisation into
 
 from __future__ import annotations
 
-from onnx import TensorProto
-
-from dreamstream.export.backbone import Backbone, DreamLayer
+from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones.layers import batchnorm_params, conv, fold_batchnorm, relu
-from dreamstream.export.backbones.source import WeightSource
-from dreamstream.export.graph import GraphBuilder, make_model, tensor_info
+from dreamstream.export.backbones.net import NetBuilder
 from dreamstream.export.manifest import Preprocessing
 
 IMAGENET = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), bgr=False, scale=1.0)
@@ -22,21 +19,10 @@ TRANSFORM_INPUT = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), bgr=F
 # torchvision's BasicConv2d (inception-v3, googlenet) builds its batch norm with eps 0.001.
 BASIC_CONV_BN_EPS = 1e-3
 LICENSE = "torchvision weights: BSD-3-Clause code, trained on ImageNet (check its terms)"
-INPUT = "pixels"
 
 
-class TorchvisionNet:
-    """A graph being built, with its dream layers; `stride` is the cumulative stride so far."""
-
-    def __init__(self, source: WeightSource) -> None:
-        self.g = GraphBuilder()
-        self.source = source
-        self.layers: list[DreamLayer] = []
-        self.stride = 1
-
-    def record(self, name: str, tensor: str, channels: int, group: str | None = None) -> str:
-        self.layers.append(DreamLayer(name, tensor, channels, self.stride, group))
-        return tensor
+class TorchvisionNet(NetBuilder):
+    """A torchvision network being built: convolutions with their batch norms folded in."""
 
     def conv_bn(
         self,
@@ -80,19 +66,7 @@ class TorchvisionNet:
         )
         return relu(self.g, y, name)
 
-    def backbone(self, name: str, preprocessing: Preprocessing, default_layers: dict[str, float]) -> Backbone:
-        forward = make_model(
-            self.g,
-            name,
-            [tensor_info(INPUT, TensorProto.FLOAT, ["N", 3, "H", "W"])],
-            [tensor_info(layer.tensor, TensorProto.FLOAT, None) for layer in self.layers],
-        )
-        return Backbone(
-            name=name,
-            forward=forward,
-            layers=self.layers,
-            preprocessing=preprocessing,
-            default_layers=dict(default_layers),
-            weight_names=frozenset(self.g.weight_names),
-            source={"weights": self.source.origin, "license": LICENSE},
-        )
+    def backbone(
+        self, name: str, preprocessing: Preprocessing, default_layers: dict[str, float], license: str = LICENSE
+    ) -> Backbone:
+        return super().backbone(name, preprocessing, default_layers, license)

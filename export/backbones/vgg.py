@@ -13,7 +13,7 @@ from __future__ import annotations
 from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones.layers import conv, max_pool, relu
 from dreamstream.export.backbones.source import WeightSource
-from dreamstream.export.backbones.torchvision_common import IMAGENET, INPUT, TorchvisionNet
+from dreamstream.export.backbones.torchvision_common import IMAGENET, TorchvisionNet
 
 STAGE_CHANNELS = (64, 128, 256, 512, 512)
 CONVS_PER_STAGE = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -31,7 +31,7 @@ def build_vgg19(source: WeightSource) -> Backbone:
 def _build(arch: str, source: WeightSource) -> Backbone:
     net = TorchvisionNet(source)
     g = net.g
-    x, in_ch, index = INPUT, 3, 0
+    x, in_ch, index = net.input, 3, 0
     for stage, (channels, convs) in enumerate(zip(STAGE_CHANNELS, CONVS_PER_STAGE[arch], strict=True), 1):
         for number in range(1, convs + 1):
             key = f"features.{index}"
