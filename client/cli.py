@@ -22,6 +22,7 @@ from dreamstream.client.client import DreamClient, DreamOptions
 from dreamstream.client.errors import DreamstreamError
 from dreamstream.client.events import Frame, Progress
 from dreamstream.client.progress import ProgressBar
+from dreamstream.client.tables import layer_table
 
 DEFAULT_SERVER = "localhost:50051"
 _FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
@@ -315,10 +316,5 @@ def run_models(args: argparse.Namespace) -> int:
         default = " (default)" if model.default else ""
         sides = f"sides {model.min_size} to {model.max_size} px"
         print(f"{model.name}{default}: {model.backbone}, {sides}")
-        width = max(len(layer.name) for layer in model.layers)
-        print(f"  {'layer':<{width}}  channels  stride  default weight")
-        for layer in model.layers:
-            weight = model.default_layers.get(layer.name)
-            shown = f"{weight:g}" if weight is not None else ""
-            print(f"  {layer.name:<{width}}  {layer.channels:>8}  {layer.stride:>6}  {shown}")
+        print("\n".join(layer_table(model.layers, model.default_layers, indent="  ")))
     return 0

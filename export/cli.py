@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dreamstream.client.tables import layer_table
 from dreamstream.export.manifest import ManifestError, read_manifest
 
 
@@ -93,10 +94,5 @@ def run_layers(args: argparse.Namespace) -> int:
     except ManifestError as error:
         print(f"dreamstream layers: error: {error}", file=sys.stderr)
         return 2
-    width = max(len(layer.name) for layer in manifest.layers)
-    print(f"{'layer':<{width}}  channels  stride  default")
-    for layer in manifest.layers:
-        weight = manifest.default_layers.get(layer.name)
-        mark = f"{weight:g}" if weight is not None else ""
-        print(f"{layer.name:<{width}}  {layer.channels:>8}  {layer.stride:>6}  {mark}")
+    print("\n".join(layer_table(manifest.layers, manifest.default_layers)))
     return 0

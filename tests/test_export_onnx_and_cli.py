@@ -133,6 +133,7 @@ def test_cli_exports_and_lists_layers_deepest_last(tmp_path):
     assert rows[0][:3] == ["stem", "32", "2"]
     assert rows[-1][:3] == ["head", "1280", "32"]
     assert any(len(row) == 4 for row in rows)  # the default layers carry their weight
+    assert listing.stdout.splitlines()[0].split() == ["layer", "channels", "stride", "default", "weight"]
 
 
 def test_cli_layers_of_a_directory_that_is_no_model(tmp_path):
