@@ -53,6 +53,12 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         default=4,
         help="dreams that may wait for a slot; beyond, RESOURCE_EXHAUSTED (default 4)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads per graph operator (default 0: one per physical core; set it to the container's CPU limit)",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=serve)
 
@@ -67,7 +73,7 @@ def serve(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> None:
     server = DreamServer(
-        ModelRepository(args.models, args.device),
+        ModelRepository(args.models, args.device, args.threads),
         max_concurrent=args.max_concurrent,
         max_queue=args.max_queue,
     )

@@ -73,9 +73,10 @@ class ModelRepository:
     its models load.
     """
 
-    def __init__(self, root: Path, device: str = "auto") -> None:
+    def __init__(self, root: Path, device: str = "auto", threads: int = 0) -> None:
         self.root = Path(root)
         self.requested_device = device
+        self.threads = threads
         self.device: Device | None = None
         self._models: dict[str, Model] = {}
 
@@ -90,7 +91,7 @@ class ModelRepository:
         proves the device: ONNX Runtime may fall back from CUDA to the CPU silently.
         """
         manifests = self._read_manifests()
-        device = choose_device(self.requested_device)
+        device = choose_device(self.requested_device, self.threads)
         models: dict[str, Model] = {}
         for directory, manifest in manifests:
             model = Model(directory, manifest, device)

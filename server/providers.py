@@ -8,7 +8,7 @@ its libraries, so a device is only trusted once a real session reports it in
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnxruntime as ort
@@ -34,6 +34,9 @@ class Device:
 
     kind: str
     requested: str  # what the user asked for: auto, cuda or cpu
+    # Threads per session for one operator; 0 lets ONNX Runtime use one per physical core,
+    # which oversubscribes a container whose CPU limit is below the host's core count.
+    threads: int = 0
 
     @property
     def providers(self) -> list[str | tuple[str, dict[str, str]]]:
@@ -46,30 +49,33 @@ class Device:
         return "CUDA (CUDAExecutionProvider)" if self.kind == "cuda" else "CPU (CPUExecutionProvider)"
 
 
-def choose_device(requested: str) -> Device:
+def choose_device(requested: str, threads: int = 0) -> Device:
     """The device to try for `requested` (auto, cuda or cpu), before any session proves it."""
     if requested not in DEVICE_CHOICES:
         raise DeviceError(f"unknown device {requested!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+    if threads < 0:
+        raise DeviceError(f"{threads} threads: use 0 (one per core) or more")
     if requested == "cpu":
-        return Device("cpu", requested)
+        return Device("cpu", requested, threads)
     if CUDA in ort.get_available_providers():
         # onnxruntime-gpu finds the CUDA and cuDNN libraries of the nvidia-* wheels only
         # when they are loaded first.
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
-        return Device("cuda", requested)
+        return Device("cuda", requested, threads)
     if requested == "cuda":
         raise DeviceError(
             "--device cuda, but this onnxruntime has no CUDAExecutionProvider: "
             "install onnxruntime-gpu (pip install 'dreamstream[gpu]') or use --device cpu"
         )
-    return Device("cpu", requested)
+    return Device("cpu", requested, threads)
 
 
 def open_session(path: Path, device: Device) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: the graphs' warnings are not the user's concern
+    options.intra_op_num_threads = device.threads
     return ort.InferenceSession(str(path), sess_options=options, providers=device.providers)
 
 
@@ -82,5 +88,5 @@ def confirm_device(session: ort.InferenceSession, device: Device) -> Device:
                 "check the CUDA and cuDNN libraries or use --device cpu"
             )
         log.warning("CUDA is installed but did not load; falling back to the CPU")
-        return Device("cpu", device.requested)
+        return replace(device, kind="cpu")
     return device

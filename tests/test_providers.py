@@ -46,3 +46,14 @@ def test_a_session_that_fell_back_from_cuda_is_taken_for_the_cpu_under_auto(lite
 def test_a_session_that_fell_back_from_cuda_is_an_error_when_cuda_was_demanded(lite0_dir: Path) -> None:
     with pytest.raises(DeviceError, match="could not load CUDA"):
         confirm_device(a_cpu_session(lite0_dir), Device("cuda", "cuda"))
+
+
+def test_sessions_use_the_thread_count_asked_for(lite0_dir: Path) -> None:
+    layer = read_manifest(lite0_dir).layers[0]
+    session = open_session(lite0_dir / layer.step_graph, choose_device("cpu", threads=1))
+    assert session.get_session_options().intra_op_num_threads == 1
+
+
+def test_a_negative_thread_count_is_refused() -> None:
+    with pytest.raises(DeviceError, match="-2 threads"):
+        choose_device("cpu", threads=-2)
