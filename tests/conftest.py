@@ -15,6 +15,25 @@ IMAGES = SHARED / "images"
 BVLC_WEIGHTS = SHARED / "weights" / "bvlc_googlenet" / "bvlc_googlenet.npz"
 
 
+def assert_graphs_pass_checker_and_cuda_audit(model_dir: Path) -> None:
+    """Every graph of an exported model passes onnx.checker with full checking and uses only
+    ops and attributes ONNX Runtime's CUDA provider implements."""
+    import onnx
+
+    from dreamstream.export.cuda_support import cuda_unsupported
+    from dreamstream.export.manifest import read_manifest
+
+    manifest = read_manifest(model_dir)
+    graphs = {
+        name
+        for layer in manifest.layers
+        for name in (layer.graph, layer.step_graph, layer.focus_graph, layer.focus_step_graph)
+    }
+    for name in sorted(graphs):
+        onnx.checker.check_model(str(model_dir / name), full_check=True)
+        assert cuda_unsupported(onnx.load(str(model_dir / name), load_external_data=False)) == [], name
+
+
 def require_shared(path: Path) -> Path:
     """Skip (not fail) where the shared data beside the checkout is absent."""
     if not path.exists():

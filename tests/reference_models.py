@@ -182,9 +182,7 @@ class EfficientNetLite0(Reference):
         for kernel, stride, expand, cin, cout, repeats in _LITE0_STAGES:
             for i in range(repeats):
                 first = i == 0
-                blocks.append(
-                    _MBConv(kernel, stride if first else 1, expand, cin if first else cout, cout)
-                )
+                blocks.append(_MBConv(kernel, stride if first else 1, expand, cin if first else cout, cout))
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
         self._bn1 = _bn(1280, _LITE0_BN_EPS)
@@ -386,9 +384,7 @@ class _Bottleneck(nn.Module):
         self.bn3 = _bn(cout)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _bn(cout)
-            )
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _bn(cout))
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -589,9 +585,7 @@ class _Inception(nn.Module):
         self.branch1 = _BasicConv2d(cin, c1, 1)
         self.branch2 = nn.Sequential(_BasicConv2d(cin, r3, 1), _BasicConv2d(r3, c3, 3, padding=1))
         self.branch3 = nn.Sequential(_BasicConv2d(cin, r5, 1), _BasicConv2d(r5, c5, 3, padding=1))
-        self.branch4 = nn.Sequential(
-            nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True), _BasicConv2d(cin, proj, 1)
-        )
+        self.branch4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True), _BasicConv2d(cin, proj, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         branches = (self.branch1, self.branch2, self.branch3, self.branch4)
@@ -732,9 +726,7 @@ def random_state_dict(arch: str, seed: int = 0, aux: bool = False) -> dict[str, 
         elif len(shape) >= 2:
             fan_in = math.prod(shape[1:])
             gain = 2.0 if len(shape) == 4 else 1.0
-            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(
-                math.sqrt(gain / fan_in)
-            )
+            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(math.sqrt(gain / fan_in))
         else:
             value = 0.05 * rng.standard_normal(shape)
         state[key] = value if value.dtype == np.int64 else value.astype(np.float32, copy=False)

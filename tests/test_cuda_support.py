@@ -57,9 +57,7 @@ def test_max_pool_indices_output_runs_on_cuda() -> None:
     x = helper.make_tensor_value_info("x", FLOAT, [1, 2, 4, 4])
     y = helper.make_tensor_value_info("y", FLOAT, [1, 2, 2, 2])
     i = helper.make_tensor_value_info("i", TensorProto.INT64, [1, 2, 2, 2])
-    node = helper.make_node(
-        "MaxPool", ["x"], ["y", "i"], name="pool", kernel_shape=[2, 2], strides=[2, 2]
-    )
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], name="pool", kernel_shape=[2, 2], strides=[2, 2])
     assert cuda_support.cuda_unsupported(_model([node], [x], [y, i])) == []
 
 
@@ -69,9 +67,7 @@ def test_op_without_cuda_kernel_is_flagged() -> None:
     y = helper.make_tensor_value_info("y", FLOAT, ["n", "c", "h", "w"])
     m = helper.make_tensor_value_info("m", FLOAT, [1, 1, 2, 2])
     nodes = [
-        helper.make_node(
-            "MaxUnpool", ["x", "i"], ["u"], name="unpool", kernel_shape=[2, 2], strides=[2, 2]
-        ),
+        helper.make_node("MaxUnpool", ["x", "i"], ["u"], name="unpool", kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Mean", ["x", "x"], ["m"], name="mean"),
         helper.make_node("Identity", ["u"], ["y"], name="id"),
     ]
@@ -98,9 +94,7 @@ def test_other_domains_are_flagged() -> None:
 def _conv_transpose(**attributes: object) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", FLOAT, [1, 2, 4, 4])
     y = helper.make_tensor_value_info("y", FLOAT, ["n", "c", "h", "w"])
-    node = helper.make_node(
-        "ConvTranspose", ["x", "w"], ["y"], name="up", strides=[2, 2], **attributes
-    )
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", strides=[2, 2], **attributes)
     return _model([node], [x], [y], [_weight("w", (2, 2, 3, 3))])
 
 
@@ -109,10 +103,7 @@ def test_conv_transpose_asymmetric_pads_are_flagged() -> None:
     assert problems == ["node 'up' (ConvTranspose): asymmetric pads [0, 0, 1, 1] fall back to CPU"]
     assert cuda_support.cuda_unsupported(_conv_transpose(pads=[1, 1, 1, 1])) == []
     same = cuda_support.cuda_unsupported(_conv_transpose(auto_pad="SAME_UPPER"))
-    assert same == [
-        "node 'up' (ConvTranspose): auto_pad=SAME_UPPER falls back to CPU "
-        "(its pads may be asymmetric)"
-    ]
+    assert same == ["node 'up' (ConvTranspose): auto_pad=SAME_UPPER falls back to CPU (its pads may be asymmetric)"]
 
 
 def test_scatter_elements_add_needs_ort_1_18() -> None:
@@ -120,24 +111,19 @@ def test_scatter_elements_add_needs_ort_1_18() -> None:
     idx = helper.make_tensor_value_info("idx", TensorProto.INT64, [2, 4])
     upd = helper.make_tensor_value_info("upd", FLOAT, [2, 4])
     out = helper.make_tensor_value_info("out", FLOAT, [2, 4])
-    node = helper.make_node(
-        "ScatterElements", ["data", "idx", "upd"], ["out"], name="scatter", axis=1, reduction="add"
-    )
+    node = helper.make_node("ScatterElements", ["data", "idx", "upd"], ["out"], name="scatter", axis=1, reduction="add")
     model = _model([node], [data, idx, upd], [out])
     assert cuda_support.cuda_unsupported(model) == []
     assert cuda_support.cuda_unsupported(model, ort_version=(1, 18)) == []
     assert cuda_support.cuda_unsupported(model, ort_version=(1, 17)) == [
-        "node 'scatter' (ScatterElements): reduction='add' is ignored by CUDA before "
-        "onnxruntime-gpu 1.18"
+        "node 'scatter' (ScatterElements): reduction='add' is ignored by CUDA before onnxruntime-gpu 1.18"
     ]
 
 
 def test_average_pool_ceil_mode_needs_ort_1_29() -> None:
     x = helper.make_tensor_value_info("x", FLOAT, [1, 1, 5, 5])
     y = helper.make_tensor_value_info("y", FLOAT, ["n", "c", "h", "w"])
-    node = helper.make_node(
-        "AveragePool", ["x"], ["y"], name="avg", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1
-    )
+    node = helper.make_node("AveragePool", ["x"], ["y"], name="avg", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
     model = _model([node], [x], [y])
     assert cuda_support.cuda_unsupported(model, ort_version=(1, 29)) == []
     assert cuda_support.cuda_unsupported(model, ort_version=(1, 28)) == [
@@ -150,9 +136,7 @@ def test_float16_nodes_use_the_float16_table() -> None:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [4])
     node = helper.make_node("Clip", ["x"], ["y"], name="clip")
     model = _model([node], [x], [y], opset=11)
-    assert cuda_support.cuda_unsupported(model) == [
-        "node 'clip' (Clip): no CUDA float16 kernel for opset 11"
-    ]
+    assert cuda_support.cuda_unsupported(model) == ["node 'clip' (Clip): no CUDA float16 kernel for opset 11"]
     assert cuda_support.cuda_unsupported(_model([node], [x], [y], opset=12)) == []
 
 

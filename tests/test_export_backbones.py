@@ -10,11 +10,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import BVLC_WEIGHTS, IMAGES, require_shared
+from conftest import BVLC_WEIGHTS, IMAGES, assert_graphs_pass_checker_and_cuda_audit, require_shared
 from PIL import Image
 from reference_models import build_reference
 
-from dreamstream.export.cuda_support import cuda_unsupported
 from dreamstream.export.manifest import Manifest, read_manifest
 from dreamstream.export.weights import read_weights
 
@@ -157,13 +156,7 @@ def test_all_graphs_share_one_weights_file(lite0_dir):
 
 @pytest.mark.parametrize("model_fixture", ["lite0_dir", "googlenet_bvlc_dir"])
 def test_every_graph_passes_the_full_checker_and_runs_on_cuda_kernels(model_fixture, request):
-    model_dir: Path = request.getfixturevalue(model_fixture)
-    manifest = read_manifest(model_dir)
-    graphs = sorted({layer.graph for layer in manifest.layers} | {layer.step_graph for layer in manifest.layers})
-    for name in graphs:
-        onnx.checker.check_model(str(model_dir / name), full_check=True)
-        model = onnx.load(str(model_dir / name), load_external_data=False)
-        assert cuda_unsupported(model) == [], name
+    assert_graphs_pass_checker_and_cuda_audit(request.getfixturevalue(model_fixture))
 
 
 def test_step_graph_is_one_rolled_normalised_clipped_ascent_step(lite0_dir):

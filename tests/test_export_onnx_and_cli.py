@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import assert_graphs_pass_checker_and_cuda_audit
 from torch import nn
 
 from dreamstream.export.api import OnnxOptions, export_model
@@ -66,6 +67,7 @@ def test_user_onnx_gradient_matches_torch(tiny_onnx, tmp_path):
         "onnx", tmp_path, name="tiny", onnx_options=OnnxOptions(path=path, layers=layers, mean=MEAN, std=STD)
     )
     manifest = read_manifest(model_dir)
+    assert_graphs_pass_checker_and_cuda_audit(model_dir)
     assert [layer.channels for layer in manifest.layers] == [8, 16]
     assert [layer.stride for layer in manifest.layers] == [4, 8]
 

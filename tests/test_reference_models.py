@@ -26,9 +26,7 @@ from dreamstream.export.weights import read_npz, read_torch_state_dict
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 IMAGES = SHARED / "images"
 BVLC = SHARED / "weights" / "bvlc_googlenet"
-needs_images = pytest.mark.skipif(
-    not IMAGES.is_dir(), reason=f"shared images not present ({IMAGES} is absent)"
-)
+needs_images = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"shared images not present ({IMAGES} is absent)")
 needs_bvlc = pytest.mark.skipif(
     not (BVLC / "bvlc_googlenet.npz").exists(),
     reason=f"shared BVLC GoogLeNet weights not present ({BVLC} is absent)",

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import assert_graphs_pass_checker_and_cuda_audit
 from reference_models import build_reference, layer_names, random_state_dict, save_state_dict
 
 from dreamstream.export.api import export_model
@@ -194,6 +195,11 @@ def test_random_weights_export_lists_the_layers_with_channels_and_strides(arch: 
     # Every name is one the torch reference uses too, in the same order.
     names = [name for name, _, _ in listed]
     assert [name for name in layer_names(arch) if name in names] == names
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_graph_passes_the_full_checker_and_runs_on_cuda_kernels(arch: str, from_file):
+    assert_graphs_pass_checker_and_cuda_audit(from_file(arch).model_dir)
 
 
 @pytest.mark.parametrize("arch", ["vgg16", "vgg19", "inception-v3", "googlenet"])
