@@ -9,7 +9,8 @@ For the default model at 512 px (default dream parameters), this measures
 - the time to the first frame (end of the first octave), both ways;
 
 and prints the ratios against the in-process reference measured in the same run.
-The two take turns, one dream each, and never run at once.
+The two take turns, one dream each, and never run at once. `measure` gives the
+figures to other benchmarks (`python -m benchmarks` reports them too).
 
     python -m benchmarks.serving [--image PATH] [--size 512] [--repeats 5] [--device auto]
 """
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from dreamstream.client import DreamClient, Frame, Progress
@@ -114,6 +116,70 @@ def _wait_for_port(server: subprocess.Popen) -> int:
     raise RuntimeError("the server stopped before serving")
 
 
+@dataclass(frozen=True)
+class ServingFigures:
+    """Medians over the repeats, in seconds: the in-process engine and the served dream of the same request."""
+
+    device: str  # the engine's device, as the repository describes it
+    repeats: int
+    engine_total: float  # in-process, decoding included
+    engine_first: float  # in-process, to the end of the first octave
+    wall_total: float  # the client's wall time for the served dream
+    wall_first: float  # the client's time to the first frame
+    server_total: float  # the server's own ascent time (the last Progress.elapsed_seconds)
+    outside: float  # client wall time outside the server's ascent
+
+    @property
+    def overhead(self) -> float:
+        """Streaming overhead: the served dream's wall time over the in-process engine's, minus 1."""
+        return self.wall_total / self.engine_total - 1
+
+
+def measure(root: Path, device: str, picture: bytes, size: int, repeats: int) -> ServingFigures:
+    """Dream `picture` (longer side `size`) with the default model in `root`, in-process and served, in turns.
+
+    One warm-up dream each, then `repeats` timed ones each.
+    """
+    # The two are interleaved, never run at once: both see the same machine, and a
+    # neighbour's load on a shared box biases neither.
+    reference = InProcess(root, device, picture, size)
+    remote = Served(root, device, picture, size)
+    local_runs, remote_runs = [], []
+    try:
+        for _ in range(repeats + 1):
+            local_runs.append(reference.run())
+            remote_runs.append(remote.run())
+    finally:
+        remote.close()
+    local_runs, remote_runs = local_runs[1:], remote_runs[1:]
+    return ServingFigures(
+        device=reference.device,
+        repeats=repeats,
+        engine_total=statistics.median(total for _, total in local_runs),
+        engine_first=statistics.median(first for first, _ in local_runs),
+        wall_total=statistics.median(total for _, total, _ in remote_runs),
+        wall_first=statistics.median(first for first, _, _ in remote_runs),
+        server_total=statistics.median(elapsed for _, _, elapsed in remote_runs),
+        outside=statistics.median(total - elapsed for _, total, elapsed in remote_runs),
+    )
+
+
+def describe(figures: ServingFigures) -> list[str]:
+    """The figures as the lines `python -m benchmarks.serving` prints."""
+    f = figures
+    return [
+        f"engine device: {f.device}",
+        f"{'':34}{'in-process':>12}{'served':>12}{'ratio':>8}",
+        f"{'whole dream (s)':34}{f.engine_total:12.3f}{f.wall_total:12.3f}{f.wall_total / f.engine_total:8.3f}",
+        f"{'time to first frame (s)':34}{f.engine_first:12.3f}{f.wall_first:12.3f}{f.wall_first / f.engine_first:8.3f}",
+        f"{'server-side ascent (s)':34}{'':12}{f.server_total:12.3f}{f.server_total / f.engine_total:8.3f}",
+        f"streaming overhead against the in-process engine: {f.wall_total - f.engine_total:+.3f} s per dream "
+        f"({f.overhead * 100:+.1f}%)",
+        "client wall time outside the server's ascent (decode, last frame's encoding, transport): "
+        f"{f.outside:.3f} s ({f.outside / f.wall_total * 100:.1f}% of the wall time)",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
@@ -130,38 +196,8 @@ def main() -> None:
         f"{DEFAULT_MODEL}, {args.image.name} at {args.size} px, {params.octaves} octaves x {params.steps} steps, "
         f"median of {args.repeats} runs each after one warm-up, {os.cpu_count()} CPUs"
     )
-    # The two are interleaved, never run at once: both see the same machine, and a
-    # neighbour's load on a shared box biases neither.
-    reference = InProcess(root, args.device, picture, args.size)
-    remote = Served(root, args.device, picture, args.size)
-    print(f"engine device: {reference.device}")
-    local_runs, remote_runs = [], []
-    try:
-        for _ in range(args.repeats + 1):
-            local_runs.append(reference.run())
-            remote_runs.append(remote.run())
-    finally:
-        remote.close()
-    local_runs, remote_runs = local_runs[1:], remote_runs[1:]
-
-    engine_total = statistics.median(total for _, total in local_runs)
-    engine_first = statistics.median(first for first, _ in local_runs)
-    wall_total = statistics.median(total for _, total, _ in remote_runs)
-    wall_first = statistics.median(first for first, _, _ in remote_runs)
-    server_total = statistics.median(elapsed for _, _, elapsed in remote_runs)
-    outside = statistics.median(total - elapsed for _, total, elapsed in remote_runs)
-    print(f"{'':34}{'in-process':>12}{'served':>12}{'ratio':>8}")
-    print(f"{'whole dream (s)':34}{engine_total:12.3f}{wall_total:12.3f}{wall_total / engine_total:8.3f}")
-    print(f"{'time to first frame (s)':34}{engine_first:12.3f}{wall_first:12.3f}{wall_first / engine_first:8.3f}")
-    print(f"{'server-side ascent (s)':34}{'':12}{server_total:12.3f}{server_total / engine_total:8.3f}")
-    print(
-        f"streaming overhead against the in-process engine: {wall_total - engine_total:+.3f} s per dream "
-        f"({(wall_total / engine_total - 1) * 100:+.1f}%)"
-    )
-    print(
-        "client wall time outside the server's ascent (decode, last frame's encoding, transport): "
-        f"{outside:.3f} s ({outside / wall_total * 100:.1f}% of the wall time)"
-    )
+    for line in describe(measure(root, args.device, picture, args.size, args.repeats)):
+        print(line)
     print("rerun: python -m benchmarks.serving " + " ".join(sys.argv[1:]))
 
 
