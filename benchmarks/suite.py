@@ -86,15 +86,18 @@ def weights_for(backbone: str, bvlc_weights: Path) -> Path | None:
     return RECIPES[backbone].default_weights()
 
 
-def prepare_models(root: Path, config: Config, say: Progress) -> dict[str, Subject]:
-    """The models to measure: exported into `root` unless an export is there already."""
+def prepare_models(root: Path, config: Config, say: Progress, note: Progress) -> dict[str, Subject]:
+    """The models to measure: exported into `root` unless an export is there already.
+
+    `say` tells progress; `note` what the report must mention (a model left out).
+    """
     from dreamstream.export.api import export_model
 
     subjects = {}
     for backbone in config.backbones:
         weights = weights_for(backbone, config.bvlc_weights)
         if weights is None:
-            say(f"{backbone}: skipped, its weights {config.bvlc_weights} are absent")
+            note(f"{backbone}: skipped, its weights {config.bvlc_weights} are absent")
             continue
         model_dir = root / backbone
         if not (model_dir / MANIFEST_FILE).is_file():
@@ -359,7 +362,7 @@ def run_suite(config: Config, models: Path | None, command: str, say: Progress) 
     with tempfile.TemporaryDirectory(prefix="dreamstream-bench-") as scratch_name:
         scratch = Path(scratch_name)
         root = models if models is not None else scratch / "models"
-        subjects = prepare_models(root, config, note)
+        subjects = prepare_models(root, config, say, note)
         if not subjects:
             raise SystemExit("nothing to measure: no model could be prepared")
         if "dreams" in config.parts:

@@ -3,7 +3,7 @@
     python -m benchmarks.worker SPEC.json RESULT.json
 
 `python -m benchmarks` starts one of these per measurement, so that the peak
-resident memory (`ru_maxrss` when the dream ends) is that side's alone and
+resident memory (`peak_rss` when the dream ends) is that side's alone and
 neither side's caches, thread pools or allocator help or hinder the other.
 "ours" is the server's `DreamEngine` on ONNX Runtime's CPU provider; "torch"
 is `benchmarks.torch_reference`. This module imports torch only for the torch
@@ -17,6 +17,7 @@ resizing and the first step at each new size.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import sys
 import tempfile
@@ -82,8 +83,21 @@ class Result:
 
 
 def peak_rss() -> int:
-    """This process's peak resident set size so far, in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set size so far, in bytes.
+
+    On Linux, the high-water mark of this process's own memory (VmHWM). Not
+    `ru_maxrss`: a process started by fork (or vfork) and exec keeps its parent's
+    ru_maxrss as a floor, so every worker would report at least the suite's own peak.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    if match:
+        return int(match.group(1)) * 1024
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere
 
 
 def picture(spec: Spec) -> np.ndarray:
