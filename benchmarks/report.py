@@ -145,6 +145,7 @@ def plot_growth(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     growth = results["growth"]
     sizes = [row["size"] for row in growth["rows"]]
@@ -162,6 +163,9 @@ def plot_growth(results: dict[str, Any], path: Path) -> None:
     for axis in (time_axis, memory_axis):
         axis.set_xscale("log", base=2)
         axis.set_xticks(sizes, [str(size) for size in sizes])
+        # Plain numbers at 1, 2 and 5 of each decade: a log axis often spans less than one decade here.
+        axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axis.minorticks_off()
         axis.set_xlabel("picture side (px), square")
         axis.grid(True, which="major", alpha=0.3)
