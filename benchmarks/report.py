@@ -67,7 +67,7 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"- machine: {m['cpu']}, {m['cores']} cores; {m['platform']}",
         f"- software: Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}, numpy {m['numpy']}",
         f"- threads: {config['threads']} on each side (ONNX Runtime intra-op threads, torch.set_num_threads), CPU",
-        f"- command: `{results['command']}`",
+        f"- command: `{results['command']}`, at commit {results['revision']}",
     ]
 
 

@@ -345,11 +345,26 @@ def machine() -> dict[str, Any]:
     }
 
 
+def revision() -> str:
+    """The commit measured, and whether the engine or the export tool had uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "server", "export"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{commit} with uncommitted changes in server/ or export/" if changed else commit
+
+
 def run_suite(config: Config, models: Path | None, command: str, say: Progress) -> dict[str, Any]:
     """Measure every part of `config.parts`; the results as plain data."""
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command,
+        "revision": revision(),
         "machine": machine(),
         "config": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(config).items()},
         "notes": [],
