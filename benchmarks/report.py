@@ -131,11 +131,13 @@ def render_growth(results: dict[str, Any], heading: bool = True) -> str:
             f"{ratio['peak_rss']:.2f} |"
         )
     if heading:
+        m = results["machine"]
         lines += [
             "",
-            f"Measured {results['date']} on {results['machine']['cpu']}, {results['machine']['cores']} cores.",
+            f"Measured {results['date']} at commit {results['revision']} on {m['cpu']}, {m['cores']} cores.",
+            "",
+            f"Rerun: `{results['command']}`",
         ]
-        lines += ["", f"Rerun: `{results['command']}`"]
     return "\n".join(lines)
 
 
