@@ -47,7 +47,7 @@ def render_report(results: dict[str, Any]) -> str:
             "second (warm) is what a serving process sees from then on; step times are the warm dreams'. "
             "Model loading is not timed. Peak RSS is the whole process's at the end; the torch process's "
             "figure before the dream includes the onnxruntime library, which it imports (through "
-            "server/engine.py, home of octave_sizes and _resize) but never uses.",
+            "server/engine.py, home of DreamParams and the event types) but never uses.",
         ]
         for dream in results["dreams"]:
             lines += ["", *_dream_section(dream)]

@@ -18,6 +18,7 @@ figures to other benchmarks (`python -m benchmarks` reports them too).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,15 +53,18 @@ def timed_stream(events: Iterable[object], is_frame: Callable[[object], bool]) -
     return first_frame or 0.0, time.perf_counter() - started, collected
 
 
-def models_dir(given: Path | None) -> Path:
-    """A models directory holding the default model: the given one, or a fresh export."""
+@contextlib.contextmanager
+def models_dir(given: Path | None) -> Iterator[Path]:
+    """A models directory holding the default model: the given one, or a fresh export
+    that is removed afterwards."""
     if given is not None:
-        return given
-    root = Path(tempfile.mkdtemp(prefix="dreamstream-bench-"))
-    # In a child process: the export tool loads torch, whose threads would share this
-    # process with the in-process engine and bias the reference.
-    subprocess.run([*CLI, "export", DEFAULT_MODEL, "--out", str(root)], check=True, stdout=subprocess.DEVNULL)
-    return root
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="dreamstream-bench-") as root:
+        # In a child process, so that the export's own ONNX Runtime session and memory
+        # stay out of the process the in-process engine is measured in.
+        subprocess.run([*CLI, "export", DEFAULT_MODEL, "--out", root], check=True, stdout=subprocess.DEVNULL)
+        yield Path(root)
 
 
 class InProcess:
@@ -190,13 +194,14 @@ def main() -> None:
     args = parser.parse_args()
 
     picture = args.image.read_bytes()
-    root = models_dir(args.models)
     params = DreamParams()
     print(
         f"{DEFAULT_MODEL}, {args.image.name} at {args.size} px, {params.octaves} octaves x {params.steps} steps, "
         f"median of {args.repeats} runs each after one warm-up, {os.cpu_count()} CPUs"
     )
-    for line in describe(measure(root, args.device, picture, args.size, args.repeats)):
+    with models_dir(args.models) as root:
+        figures = measure(root, args.device, picture, args.size, args.repeats)
+    for line in describe(figures):
         print(line)
     print("rerun: python -m benchmarks.serving " + " ".join(sys.argv[1:]))
 

@@ -4,7 +4,7 @@ It is the algorithm of `DreamEngine.run`, written the way a user's PyTorch
 script would write it, on the backbones of `tests/reference_models.py` (the
 modules the tests check our gradient graphs against) with the same weights:
 
-- the same octave schedule (`octave_sizes`) and the same `_resize` for the
+- the same octave schedule (`octave_sizes`) and the same `resize` for the
   octaves and for carrying each octave's detail up to the next;
 - the same seeded jitter draws, `rng.integers(-jitter, jitter + 1, size=2)`,
   applied with `torch.roll` and undone on the gradient;
@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamstream.server.engine import DreamParams, Octave, Step, _resize, octave_sizes
+from dreamstream.server.engine import DreamParams, Octave, Step
+from dreamstream.server.octaves import octave_sizes, resize
 
 _TESTS = Path(__file__).resolve().parents[1] / "tests"
 if str(_TESTS) not in sys.path:
@@ -96,8 +97,8 @@ class TorchDream:
         work = 0
         detail: np.ndarray | None = None
         for octave, (height, width) in enumerate(sizes, start=1):
-            base = _resize(original, height, width)
-            start = base if detail is None else base + _resize(detail, height, width)
+            base = resize(original, height, width)
+            start = base if detail is None else base + resize(detail, height, width)
             picture = torch.from_numpy(np.clip(start, 0, 1)[None]).to(self.dtype)
             for step in range(1, params.steps + 1):
                 dy, dx = rng.integers(-params.jitter, params.jitter + 1, size=2, dtype=np.int64)

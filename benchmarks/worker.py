@@ -31,7 +31,8 @@ from PIL import Image
 
 from dreamstream.export.manifest import read_manifest
 from dreamstream.server import imaging
-from dreamstream.server.engine import DreamParams, Octave, Step, octave_sizes
+from dreamstream.server.engine import DreamParams, Octave, Step
+from dreamstream.server.octaves import octave_sizes
 
 SIDES = ("ours", "torch")
 

@@ -24,7 +24,6 @@ from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 from dreamstream.export.manifest import (
     CHANNEL_WEIGHTS,
@@ -36,6 +35,7 @@ from dreamstream.export.manifest import (
     STEP_SIZE,
 )
 from dreamstream.server.models import Model, ModelRepository
+from dreamstream.server.octaves import octave_sizes, resize
 
 # The defaults, also written in dream.proto and the README.
 DEFAULT_OCTAVES = 4
@@ -136,19 +136,6 @@ class DreamPlan:
         return self.sizes[-1]
 
 
-def octave_sizes(height: int, width: int, octaves: int, scale: float, min_size: int) -> tuple[tuple[int, int], ...]:
-    """(height, width) of each octave, smallest first, ending at (height, width).
-
-    Each octave is `scale` times smaller than the next; none has a side below
-    `min_size` (those octaves stay at the smallest size the model accepts).
-    """
-    sizes = []
-    for k in range(octaves - 1, -1, -1):
-        factor = max(scale**-k, min_size / min(height, width))
-        sizes.append((max(min_size, round(height * factor)), max(min_size, round(width * factor))))
-    return tuple(sizes)
-
-
 class DreamEngine:
     """Runs dreams on the models of a repository; safe to use from several threads."""
 
@@ -247,8 +234,8 @@ class DreamEngine:
         work = 0
         detail: np.ndarray | None = None
         for octave, (height, width) in enumerate(plan.sizes, start=1):
-            base = _resize(original, height, width)
-            image = base if detail is None else base + _resize(detail, height, width)
+            base = resize(original, height, width)
+            image = base if detail is None else base + resize(detail, height, width)
             stepper.start(np.clip(image, 0, 1))
             for step in range(1, params.steps + 1):
                 if cancel is not None and cancel.is_set():
@@ -357,13 +344,3 @@ class _BoundSteps:
 
     def result(self) -> np.ndarray:
         return self._image.numpy()[0]
-
-
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A 3xHxW float picture (or detail, which may be negative) resized to height x width."""
-    if image.shape[1:] == (height, width):
-        return image
-    # Pillow's float ("F") mode resamples with antialiasing when shrinking.
-    return np.stack(
-        [np.asarray(Image.fromarray(channel).resize((width, height), Image.Resampling.BICUBIC)) for channel in image]
-    )

@@ -17,9 +17,9 @@ from dreamstream.server.engine import (
     InvalidParams,
     Octave,
     Step,
-    octave_sizes,
 )
 from dreamstream.server.models import DEFAULT_MODEL, UnknownModel
+from dreamstream.server.octaves import octave_sizes
 
 
 def picture(path: Path, max_size: int = 96) -> np.ndarray:
