@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,11 @@ def tiny_onnx(tmp_path_factory) -> tuple[Path, list[str]]:
     """The classifier exported by torch at a fixed 224x224, and the names of its two feature tensors."""
     path = tmp_path_factory.mktemp("user") / "tiny.onnx"
     model = TinyClassifier().eval()
-    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(path), opset_version=13, dynamo=False)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but needs no onnxscript; what it writes is what
+        # many users' files look like.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(path), opset_version=13, dynamo=False)
     graph = onnx.load(str(path)).graph
     # torch writes the squeeze-excite product, then HardSwish as HardSigmoid times its input.
     muls = [node.output[0] for node in graph.node if node.op_type == "Mul"]
