@@ -10,16 +10,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 OPSET = 17
-
-_NP_TO_ONNX = {
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float16): TensorProto.FLOAT16,
-    np.dtype(np.int64): TensorProto.INT64,
-    np.dtype(np.bool_): TensorProto.BOOL,
-}
 
 # Constants smaller than this stay inside the graph; larger ones are weights and are
 # written to the model's shared external weights file.
@@ -94,20 +87,10 @@ class GraphBuilder:
         attributes = {k: v for k, v in attrs.items() if v is not None}
         self.nodes.append(helper.make_node(op_type, list(inputs), list(outputs), name=node_name, **attributes))
 
-    # Shape helpers used by rules that need dynamic sizes (every octave has another size).
-
-    def dims(self, tensor: str, start: int, end: int) -> str:
-        """int64 [end-start]: the tensor's dimensions start..end-1, computed at run time."""
-        return self.op("Shape", tensor, hint="shape", start=start, end=end)
-
 
 def tensor_info(name: str, elem_type: int, shape: Sequence[int | str | None] | None) -> onnx.ValueInfoProto:
     """A typed value; shape None leaves the rank unknown."""
     return helper.make_tensor_value_info(name, elem_type, None if shape is None else list(shape))
-
-
-def onnx_dtype(dtype: np.dtype) -> int:
-    return _NP_TO_ONNX[np.dtype(dtype)]
 
 
 def make_model(

@@ -31,10 +31,6 @@ class WeightSource:
     def random(cls, seed: int = 0) -> WeightSource:
         return cls(None, f"random weights (seed {seed})", seed)
 
-    @property
-    def is_random(self) -> bool:
-        return self.arrays is None
-
     def get(self, key: str, shape: Sequence[int]) -> np.ndarray:
         if self.arrays is not None:
             return np.asarray(require(self.arrays, key, shape, self.origin), dtype=np.float32)
