@@ -113,6 +113,19 @@ class Reference(nn.Module, metaclass=abc.ABCMeta):
         return self._classify(self(x, [deepest])[deepest])
 
 
+class _ChainReference(Reference):
+    """A network whose named layers are submodules applied one after the other, then
+    global average pooling and `fc`."""
+
+    def _activations(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
+        for name in layer_names(self.backbone):
+            x = getattr(self, name)(x)
+            yield name, x
+
+    def _classify(self, deepest: Tensor) -> Tensor:
+        return self.fc(deepest.mean((2, 3)))
+
+
 def _bn(channels: int, eps: float = 1e-5) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=eps)
 
@@ -541,7 +554,7 @@ _INCEPTION_V3_LAYERS = (
 )
 
 
-class InceptionV3(Reference):
+class InceptionV3(_ChainReference):
     backbone = "inception-v3"
 
     def __init__(self, aux: bool = False) -> None:
@@ -567,14 +580,6 @@ class InceptionV3(Reference):
         self.Mixed_7b = _InceptionE(1280)
         self.Mixed_7c = _InceptionE(2048)
         self.fc = nn.Linear(2048, 1000)
-
-    def _activations(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
-        for name in layer_names(self.backbone):
-            x = getattr(self, name)(x)
-            yield name, x
-
-    def _classify(self, deepest: Tensor) -> Tensor:
-        return self.fc(deepest.mean((2, 3)))
 
 
 class _Inception(nn.Module):
@@ -602,7 +607,7 @@ class _GoogLeNetAux(nn.Module):
         self.fc2 = nn.Linear(1024, 1000)
 
 
-class GoogLeNet(Reference):
+class GoogLeNet(_ChainReference):
     backbone = "googlenet"
 
     def __init__(self, aux: bool = False) -> None:
@@ -622,14 +627,6 @@ class GoogLeNet(Reference):
             self.aux1 = _GoogLeNetAux(512)
             self.aux2 = _GoogLeNetAux(528)
         self.fc = nn.Linear(1024, 1000)
-
-    def _activations(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
-        for name in layer_names(self.backbone):
-            x = getattr(self, name)(x)
-            yield name, x
-
-    def _classify(self, deepest: Tensor) -> Tensor:
-        return self.fc(deepest.mean((2, 3)))
 
 
 # ---------------------------------------------------------------------- API
