@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,18 @@ def googlenet_bvlc_dir(models_dir: Path) -> Path:
     from dreamstream.export.api import export_model
 
     return export_model("googlenet-bvlc", models_dir, weights=require_shared(BVLC_WEIGHTS))
+
+
+def wait_until_still(counter, settle: float = 0.5, timeout: float = 10.0) -> int:
+    """The counter's value once it has not moved for `settle` seconds."""
+    deadline = time.monotonic() + timeout
+    value = counter()
+    while time.monotonic() < deadline:
+        time.sleep(settle)
+        if counter() == value:
+            return value
+        value = counter()
+    raise AssertionError("the engine is still stepping")
 
 
 # --- Serving: the engine, real gRPC servers on loopback, and clients. ---

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import wait_until_still
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -37,18 +38,6 @@ SMALL = {"max_size": 64, "octaves": 2, "steps": 2}
 
 def frames_of(events: list) -> list[Frame]:
     return [event for event in events if isinstance(event, Frame)]
-
-
-def wait_until_still(counter, settle: float = 0.5, timeout: float = 10.0) -> int:
-    """The counter's value once it has not moved for `settle` seconds."""
-    deadline = time.monotonic() + timeout
-    value = counter()
-    while time.monotonic() < deadline:
-        time.sleep(settle)
-        if counter() == value:
-            return value
-        value = counter()
-    raise AssertionError("the engine is still stepping")
 
 
 def test_the_stream_is_each_octaves_steps_then_its_frame(client: DreamClient, coffee: Path) -> None:
