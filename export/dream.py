@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from dreamstream.export import rules  # noqa: F401  (registers the reverse rules)
 from dreamstream.export.autodiff import (
     RuleContext,
     StaticShapes,

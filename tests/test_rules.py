@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto
 
-from dreamstream.export import rules  # noqa: F401  (registers the rules)
 from dreamstream.export.autodiff import (
     RuleContext,
     StaticShapes,

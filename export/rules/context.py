@@ -1,0 +1,129 @@
+"""What every reverse rule works with: the context it emits into, the errors it raises, the rule types.
+
+A rule gets the context, the forward node, the gradient of each of its outputs
+(None for outputs nobody differentiates through) and the indices of the inputs
+that need a gradient; it returns {input index: gradient tensor name}. A few ops
+must also be emitted differently in the forward for their rule (a MaxPool that
+returns its indices, an LRN computed from parts the backward reuses): their
+preparer returns the node the reverse pass walks and the nodes emitted in its place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from dreamstream.export.graph import GraphBuilder
+
+Grads = Sequence[str | None]
+
+
+class GradientError(ValueError):
+    """The reverse pass cannot differentiate this graph."""
+
+
+class UnsupportedOperator(GradientError):
+    def __init__(self, node: onnx.NodeProto, reason: str | None = None) -> None:
+        detail = reason or "the reverse pass has no rule for this op"
+        super().__init__(f"cannot differentiate node {node.name!r} (op {node.op_type}): {detail}")
+        self.node = node
+
+
+@dataclass
+class StaticShapes:
+    """What shape inference knows before run time: rank, and the dims that are fixed numbers."""
+
+    shapes: dict[str, tuple[int | None, ...]]
+
+    @classmethod
+    def infer(cls, model: onnx.ModelProto) -> StaticShapes:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        shapes: dict[str, tuple[int | None, ...]] = {}
+        values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+        for value in values:
+            tensor_type = value.type.tensor_type
+            if not tensor_type.HasField("shape"):
+                continue
+            shapes[value.name] = tuple(
+                dim.dim_value if dim.HasField("dim_value") else None for dim in tensor_type.shape.dim
+            )
+        for init in model.graph.initializer:
+            shapes[init.name] = tuple(init.dims)
+        return cls(shapes)
+
+    def rank(self, tensor: str) -> int | None:
+        shape = self.shapes.get(tensor)
+        return None if shape is None else len(shape)
+
+    def dim(self, tensor: str, axis: int) -> int | None:
+        shape = self.shapes.get(tensor)
+        return None if shape is None else shape[axis]
+
+
+@dataclass
+class RuleContext:
+    """What a rule may use: the builder to emit nodes into, static shapes, constant values."""
+
+    builder: GraphBuilder
+    shapes: StaticShapes
+    constants: dict[str, np.ndarray]
+    _shape_cache: dict[str, str] = field(default_factory=dict)
+
+    def constant(self, tensor: str) -> np.ndarray | None:
+        return self.constants.get(tensor)
+
+    def require_constant(self, node: onnx.NodeProto, index: int) -> np.ndarray:
+        if index >= len(node.input) or not node.input[index]:
+            raise UnsupportedOperator(node, f"input {index} is missing")
+        value = self.constants.get(node.input[index])
+        if value is None:
+            raise UnsupportedOperator(node, f"input {index} ({node.input[index]}) must be a constant")
+        return value
+
+    def shape_of(self, tensor: str) -> str:
+        """The run-time shape of a tensor (one Shape node per tensor)."""
+        if tensor not in self._shape_cache:
+            self._shape_cache[tensor] = self.builder.op("Shape", tensor, hint="shape")
+        return self._shape_cache[tensor]
+
+    def zeros_like_shape(self, shape: str) -> str:
+        return self.builder.op(
+            "ConstantOfShape", shape, hint="zeros", value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.0])
+        )
+
+
+Rule = Callable[[RuleContext, onnx.NodeProto, Grads, set[int]], dict[int, str]]
+Preparer = Callable[[onnx.NodeProto, GraphBuilder, StaticShapes], tuple[onnx.NodeProto, list[onnx.NodeProto]]]
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """How the reverse pass treats one op type: its reverse rule, and its forward preparer if it has one."""
+
+    reverse: Rule
+    prepare: Preparer | None = None
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            value = helper.get_attribute_value(attribute)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def only_inputs(node: onnx.NodeProto, wanted: set[int], allowed: set[int]) -> None:
+    """Refuse to differentiate inputs a rule does not handle (say, a Conv's weights)."""
+    extra = wanted - allowed
+    if extra:
+        names = ", ".join(node.input[i] for i in sorted(extra))
+        raise UnsupportedOperator(node, f"gradients with respect to {names} are not supported")
+
+
+def spatial_dims(ctx: RuleContext, tensor: str) -> str:
+    """int64 [2]: H and W of an NCHW tensor at run time."""
+    return ctx.builder.op("Shape", tensor, hint="hw", start=2, end=4)
