@@ -20,8 +20,8 @@ def assert_graphs_pass_checker_and_cuda_audit(model_dir: Path) -> None:
     """Every graph of an exported model passes onnx.checker with full checking and uses only
     ops and attributes ONNX Runtime's CUDA provider implements."""
     import onnx
+    from cuda_support import cuda_unsupported
 
-    from dreamstream.export.cuda_support import cuda_unsupported
     from dreamstream.export.manifest import read_manifest
 
     manifest = read_manifest(model_dir)

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 
+import cuda_support
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-try:
-    from dreamstream.export import cuda_support
-except ModuleNotFoundError:  # running from a checkout that is not installed
-    _path = Path(__file__).resolve().parents[1] / "export" / "cuda_support.py"
-    _spec = importlib.util.spec_from_file_location("cuda_support", _path)
-    assert _spec is not None and _spec.loader is not None
-    cuda_support = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(cuda_support)
 
 FLOAT = TensorProto.FLOAT
 

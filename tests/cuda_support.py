@@ -1,7 +1,8 @@
 """Which ONNX ops ONNX Runtime's CUDA execution provider runs, and an audit of a graph.
 
 Production runs our graphs on ORT's CUDA EP, but no machine of ours has a GPU, so
-this module records what the CUDA EP implements and checks a graph against it.
+this module records what the CUDA EP implements and checks a graph against it. It is
+a test helper: the tests audit every graph the export writes with it.
 
 Where the table comes from
     `CUDA_FLOAT_KERNELS` is transcribed from the section "Operators implemented by
