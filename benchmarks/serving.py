@@ -33,12 +33,13 @@ from pathlib import Path
 
 from dreamstream.client import DreamClient, Frame, Progress
 from dreamstream.server import imaging
-from dreamstream.server.engine import DreamEngine, DreamParams, Octave
+from dreamstream.server.engine import DreamEngine, DreamSpec, Octave
+from dreamstream.server.engine.request import DEFAULT_OCTAVES, DEFAULT_STEPS_PER_OCTAVE
 from dreamstream.server.models import DEFAULT_MODEL, ModelRepository
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = REPO.parent / "shared" / "images" / "coffee.png"
-CLI = [sys.executable, "-c", "import sys; from dreamstream.client.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from dreamstream.cli import main; sys.exit(main())"]
 
 
 def timed_stream(events: Iterable[object], is_frame: Callable[[object], bool]) -> tuple[float, float, list[object]]:
@@ -80,7 +81,7 @@ class InProcess:
     def run(self) -> tuple[float, float]:
         """(seconds to the first octave, seconds to the end), decoding included as the server does."""
         started = time.perf_counter()
-        plan = self._engine.plan(imaging.decode(self._picture, self._size), DreamParams(), DEFAULT_MODEL)
+        plan = self._engine.plan(DreamSpec(pixels=imaging.decode(self._picture, self._size)))
         setup = time.perf_counter() - started
         first, total, _ = timed_stream(self._engine.run(plan), lambda event: isinstance(event, Octave))
         return setup + first, setup + total
@@ -194,9 +195,9 @@ def main() -> None:
     args = parser.parse_args()
 
     picture = args.image.read_bytes()
-    params = DreamParams()
     print(
-        f"{DEFAULT_MODEL}, {args.image.name} at {args.size} px, {params.octaves} octaves x {params.steps} steps, "
+        f"{DEFAULT_MODEL}, {args.image.name} at {args.size} px, "
+        f"{DEFAULT_OCTAVES} octaves x {DEFAULT_STEPS_PER_OCTAVE} steps, "
         f"median of {args.repeats} runs each after one warm-up, {os.cpu_count()} CPUs"
     )
     with models_dir(args.models) as root:

@@ -27,8 +27,8 @@ import numpy as np
 
 from benchmarks import serving
 from benchmarks.worker import SIDES, Spec
-from dreamstream.export.manifest import MANIFEST_FILE, read_manifest
 from dreamstream.export.weights import sha256_of
+from dreamstream.modeldir import MANIFEST_FILE, read_manifest
 from dreamstream.server.models import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ modules the tests check our gradient graphs against) with the same weights:
   octaves and for carrying each octave's detail up to the next;
 - the same seeded jitter draws, `rng.integers(-jitter, jitter + 1, size=2)`,
   applied with `torch.roll` and undone on the gradient;
-- the loss of the graph contract (`dreamstream.export.manifest`) with every
+- the loss of the graph contract (`dreamstream.modeldir`) with every
   channel weight 1: the sum over the selected layers of
   weight / (C * H * W) * sum(a ** 2);
 - the gradient from torch autograd, normalised by its mean absolute value,
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dreamstream.server.engine import DreamParams, Octave, Step
-from dreamstream.server.octaves import octave_sizes, resize
+from dreamstream.server.engine.octaves import octave_sizes, resize
 
 _TESTS = Path(__file__).resolve().parents[1] / "tests"
 if str(_TESTS) not in sys.path:
@@ -93,14 +93,14 @@ class TorchDream:
         original = np.ascontiguousarray(image.transpose(2, 0, 1), np.float32)
 
         began = time.perf_counter()
-        total_work = params.steps * sum(h * w for h, w in sizes)
+        total_work = params.steps_per_octave * sum(h * w for h, w in sizes)
         work = 0
         detail: np.ndarray | None = None
         for octave, (height, width) in enumerate(sizes, start=1):
             base = resize(original, height, width)
             start = base if detail is None else base + resize(detail, height, width)
             picture = torch.from_numpy(np.clip(start, 0, 1)[None]).to(self.dtype)
-            for step in range(1, params.steps + 1):
+            for step in range(1, params.steps_per_octave + 1):
                 dy, dx = rng.integers(-params.jitter, params.jitter + 1, size=2, dtype=np.int64)
                 picture, loss = self.step(picture, (int(dy), int(dx)), params.step_size)
                 work += height * width
@@ -108,7 +108,7 @@ class TorchDream:
                     octave=octave,
                     octaves=len(sizes),
                     step=step,
-                    steps=params.steps,
+                    steps=params.steps_per_octave,
                     loss=loss,
                     elapsed=time.perf_counter() - began,
                     done=work / total_work,

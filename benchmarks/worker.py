@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dreamstream.export.manifest import read_manifest
+from dreamstream.modeldir import read_manifest
 from dreamstream.server import imaging
-from dreamstream.server.engine import DreamParams, Octave, Step
-from dreamstream.server.octaves import octave_sizes
+from dreamstream.server.engine import DreamParams, DreamPlan, DreamSpec, Octave, Step
+from dreamstream.server.engine.octaves import octave_sizes
 
 SIDES = ("ours", "torch")
 
@@ -117,8 +117,13 @@ def measure(spec: Spec) -> Result:
     if spec.side not in SIDES:
         raise ValueError(f"unknown side {spec.side!r}: choose one of {', '.join(SIDES)}")
     image = picture(spec)
-    params = DreamParams(layers=spec.layers, octaves=spec.octaves, steps=spec.steps, seed=spec.seed)
     manifest = read_manifest(Path(spec.model_dir))
+    params = DreamParams(
+        layers=spec.layers or manifest.default_layers,
+        octaves=spec.octaves,
+        steps_per_octave=spec.steps,
+        seed=spec.seed,
+    )
     # Both sides dream on this schedule (the torch reference calls octave_sizes too).
     sizes = octave_sizes(*image.shape[:2], params.octaves, params.octave_scale, manifest.min_size)
     with tempfile.TemporaryDirectory(prefix="dreamstream-bench-") as scratch:
@@ -160,11 +165,24 @@ def _load_ours(spec: Spec, image: np.ndarray, params: DreamParams, scratch: Path
     repository.load()
     engine = DreamEngine(repository)
     name = repository.names()[0]
-    plan = engine.plan(image, params, name)
-    session = plan.model.session(plan.step_graph)  # opened here, not in the timed dream
+
+    def plan(image: np.ndarray, params: DreamParams) -> DreamPlan:
+        return engine.plan(
+            DreamSpec(
+                pixels=image,
+                model=name,
+                layers=params.layers,
+                octaves=params.octaves,
+                steps_per_octave=params.steps_per_octave,
+                seed=params.seed,
+            )
+        )
+
+    first = plan(image, params)
+    session = first.model.session(first.step_graph)  # opened here, not in the timed dream
 
     def dream(image: np.ndarray, params: DreamParams) -> Iterator[Step | Octave]:
-        return engine.run(engine.plan(image, params, name))
+        return engine.run(plan(image, params))
 
     return dream, session.get_session_options().intra_op_num_threads
 

@@ -1,6 +1,6 @@
 """The dreamstream client: call a dreamstream server from Python or the command line.
 
-from dreamstream.client import DreamClient
+from dreamstream import DreamClient, Frame
 
 with DreamClient("localhost:50051") as client:
     for event in client.dream("photo.jpg", octaves=4):

@@ -1,19 +1,16 @@
-"""The `dreamstream` command: dream, models, and the commands of the other extras.
+"""`dreamstream dream` and `dreamstream models`: the client's commands, thin over DreamClient.
 
-`dream` and `models` need only the light client install. `serve` (server extra)
-and `export` / `layers` (export extra) live in their own packages and are
-imported only when one of them runs, so the client starts fast and a missing
-extra is named instead of failing with a traceback.
+They need only the light install (grpcio, protobuf, numpy, Pillow). The
+`dreamstream` command itself (`dreamstream.cli`) dispatches to them.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import functools
 import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -22,10 +19,9 @@ from dreamstream.client.client import DreamClient, DreamOptions
 from dreamstream.client.errors import DreamstreamError
 from dreamstream.client.events import Frame, Progress
 from dreamstream.client.progress import ProgressBar
-from dreamstream.client.tables import layer_table
+from dreamstream.cmdline import EXIT_FAILED, EXIT_USAGE, CommandError, layer_table, positive_int
+from dreamstream.wire import DEFAULT_TARGET, UnknownFormat, format_of_suffix
 
-DEFAULT_SERVER = "localhost:50051"
-_FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 # Statuses that say the user has something to change; others are the server's fault.
 _USER_STATUSES = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -38,116 +34,38 @@ _GIF_FRAME_MS = 600
 _GIF_LAST_FRAME_MS = 2000
 
 
-class CommandError(Exception):
-    """A mistake the user can fix: printed as one line, exit status 2."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `dreamstream` command (kept here for callers of the client's own entry point)."""
+    from dreamstream.cli import main as dispatch
+
+    return dispatch(argv)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
-
-
-@dataclass(frozen=True)
-class _Extra:
-    """Commands registered by a module that needs an optional extra."""
-
-    module: str
-    hook: str  # module function taking the subparsers action
-    install: str  # what to install when the module's imports are missing
-    commands: dict[str, str]  # command -> one-line help, for `dreamstream --help`
-
-    def register(self, subparsers: argparse._SubParsersAction, command: str) -> None:
-        try:
-            module = importlib.import_module(self.module)
-        except ImportError as error:
-            raise self.missing(command, error) from error
-        getattr(module, self.hook)(subparsers)
-
-    def missing(self, command: str, error: ImportError) -> Exception:
-        """The error to report when `command` hit `error` importing its dependencies."""
-        if not error.name or error.name.startswith("dreamstream"):
-            return error  # our own module is broken: a bug, not a missing extra
-        return CommandError(f"`dreamstream {command}` needs {self.install} (no module {error.name})")
-
-
-_EXTRAS = (
-    _Extra(
-        module="dreamstream.export.cli",
-        hook="add_export_parsers",
-        install="the export extra: pip install 'dreamstream[export]'",
-        commands={
-            "export": "export a backbone into a model directory",
-            "layers": "list the layers of an exported model",
-        },
-    ),
-    _Extra(
-        module="dreamstream.server.cli",
-        hook="add_serve_parser",
-        install="the server extra: pip install 'dreamstream[server]' ('dreamstream[gpu]' for CUDA)",
-        commands={"serve": "run the dreamstream gRPC server"},
-    ),
-)
-
-
-def build_parser(command: str | None) -> argparse.ArgumentParser:
-    """The full parser for `command`: only that command's extra is imported."""
-    parser = argparse.ArgumentParser(
-        prog="dreamstream", description="DeepDream over gRPC: dream with a server, or run one."
-    )
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+def add_client_parsers(subparsers: argparse._SubParsersAction) -> None:
     _add_dream_parser(subparsers)
     _add_models_parser(subparsers)
-    for extra in _EXTRAS:
-        if command in extra.commands:
-            extra.register(subparsers, command)
-        else:
-            # Listed in --help without importing anything heavy.
-            for name, help_text in extra.commands.items():
-                subparsers.add_parser(name, help=help_text)
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((arg for arg in argv if not arg.startswith("-")), None)
-    try:
-        parser = build_parser(command)
-        args = parser.parse_args(argv)
-        if not hasattr(args, "func"):
-            parser.print_help(sys.stderr)
-            return 2
-        return _run(args, command)
-    except CommandError as error:
-        print(f"dreamstream: error: {error}", file=sys.stderr)
-        return 2
-    except DreamstreamError as error:
-        print(f"dreamstream: {error}", file=sys.stderr)
-        return 2 if error.code in _USER_STATUSES else 1
-    except KeyboardInterrupt:
-        print("dreamstream: interrupted", file=sys.stderr)
-        return 130
+def _reports_server_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A failed call becomes one line with the status and the server's words."""
 
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except DreamstreamError as error:
+            exit_code = EXIT_USAGE if error.code in _USER_STATUSES else EXIT_FAILED
+            raise CommandError(str(error), exit_code=exit_code, prefix="") from None
 
-def _run(args: argparse.Namespace, command: str) -> int:
-    try:
-        return args.func(args)
-    except ImportError as error:
-        # An extra's command may import its heavy dependencies only once it runs.
-        extra = next((extra for extra in _EXTRAS if command in extra.commands), None)
-        if extra is None:
-            raise
-        raise extra.missing(command, error) from error
+    return run
 
 
 def _server_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
-        default=os.environ.get("DREAMSTREAM_SERVER", DEFAULT_SERVER),
+        default=os.environ.get("DREAMSTREAM_SERVER", DEFAULT_TARGET),
         metavar="HOST:PORT",
-        help=f"the dreamstream server (default: $DREAMSTREAM_SERVER or {DEFAULT_SERVER})",
+        help=f"the dreamstream server (default: $DREAMSTREAM_SERVER or {DEFAULT_TARGET})",
     )
 
 
@@ -176,7 +94,9 @@ def _add_dream_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--octaves", type=positive_int, metavar="N", help="scales to dream at (default 4)")
     parser.add_argument("--octave-scale", type=float, metavar="S", help="size ratio of octaves (default 1.4)")
-    parser.add_argument("--steps", type=positive_int, metavar="N", help="ascent steps per octave (default 10)")
+    parser.add_argument(
+        "--steps", dest="steps_per_octave", type=positive_int, metavar="N", help="ascent steps per octave (default 10)"
+    )
     parser.add_argument("--step-size", type=float, metavar="F", help="size of each step (default 0.01)")
     parser.add_argument("--jitter", type=int, metavar="PX", help="random shift per step, 0 for none (default 32)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed for jitter and noise (default 0)")
@@ -228,10 +148,12 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
+@_reports_server_errors
 def run_dream(args: argparse.Namespace) -> int:
-    fmt = _FORMAT_BY_SUFFIX.get(args.output.suffix.lower())
-    if fmt is None:
-        raise CommandError(f"cannot tell the format of {args.output}: name it .png, .jpg or .webp")
+    try:
+        fmt = format_of_suffix(args.output.suffix).name
+    except UnknownFormat:
+        raise CommandError(f"cannot tell the format of {args.output}: name it .png, .jpg or .webp") from None
     options = _dream_options(args, fmt)
     image = None
     if args.noise:
@@ -284,7 +206,7 @@ def _dream_options(args: argparse.Namespace, fmt: str) -> DreamOptions:
         ("model", args.model),
         ("octaves", args.octaves),
         ("octave_scale", args.octave_scale),
-        ("steps", args.steps),
+        ("steps_per_octave", args.steps_per_octave),
         ("step_size", args.step_size),
         ("jitter", args.jitter),
         ("seed", args.seed),
@@ -309,6 +231,7 @@ def write_gif(frames: list[Frame], path: Path) -> None:
     )
 
 
+@_reports_server_errors
 def run_models(args: argparse.Namespace) -> int:
     with DreamClient(args.server) as client:
         models = client.models()

@@ -24,20 +24,7 @@ from dreamstream.client.events import (
     models_from_response,
 )
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
-
-DEFAULT_TARGET = "localhost:50051"
-# Frames of a large picture are several MB, well over gRPC's 4 MB default.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
-_FORMATS = {
-    "png": dream_pb2.IMAGE_FORMAT_PNG,
-    "jpeg": dream_pb2.IMAGE_FORMAT_JPEG,
-    "jpg": dream_pb2.IMAGE_FORMAT_JPEG,
-    "webp": dream_pb2.IMAGE_FORMAT_WEBP,
-}
+from dreamstream.wire import CHANNEL_OPTIONS, DEFAULT_TARGET, format_named
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 """A picture to dream on: a file path, encoded bytes, a Pillow image, or an HxW[x3|x4] array
@@ -45,13 +32,16 @@ ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 
 
 class DreamOptions(TypedDict, total=False):
-    """How to dream; anything left out takes the server's default (see dream.proto)."""
+    """How to dream; anything left out takes the server's default.
+
+    The names are DreamRequest's fields in dream.proto, which documents each one.
+    """
 
     model: str
     layers: Mapping[str, float]  # layer name -> weight
     octaves: int
     octave_scale: float
-    steps: int  # ascent steps per octave
+    steps_per_octave: int
     step_size: float
     jitter: int  # 0 turns jitter off
     seed: int
@@ -59,6 +49,9 @@ class DreamOptions(TypedDict, total=False):
     width: int  # with height, and no image: dream on seeded noise
     height: int
     format: str  # of the frames: "png" (default), "jpeg" or "webp"
+
+
+DREAM_OPTIONS = tuple(DreamOptions.__annotations__)
 
 
 def image_bytes(image: ImageInput) -> bytes:
@@ -82,25 +75,25 @@ def image_bytes(image: ImageInput) -> bytes:
 
 def build_request(image: ImageInput | None, options: DreamOptions) -> dream_pb2.DreamRequest:
     """The DreamRequest for `image` (None to dream on noise) and `options`."""
-    unknown = set(options) - set(DreamOptions.__annotations__)
+    unknown = set(options) - set(DREAM_OPTIONS)
     if unknown:
-        raise TypeError(f"unknown dream option(s): {', '.join(sorted(unknown))}")
-    fmt = options.get("format", "png")
-    if fmt not in _FORMATS:
-        raise ValueError(f"unknown format {fmt!r}: use png, jpeg or webp")
+        raise TypeError(
+            f"unknown dream option(s): {', '.join(sorted(unknown))}; the options are {', '.join(DREAM_OPTIONS)}"
+        )
+    fmt = format_named(options.get("format", "png"))
     request = dream_pb2.DreamRequest(
         image=b"" if image is None else image_bytes(image),
         model=options.get("model", ""),
         layers=dict(options.get("layers", {})),
         octaves=options.get("octaves", 0),
         octave_scale=options.get("octave_scale", 0.0),
-        steps_per_octave=options.get("steps", 0),
+        steps_per_octave=options.get("steps_per_octave", 0),
         step_size=options.get("step_size", 0.0),
         seed=options.get("seed", 0),
         max_size=options.get("max_size", 0),
         width=options.get("width", 0),
         height=options.get("height", 0),
-        format=_FORMATS[fmt],
+        format=fmt.enum,
     )
     if "jitter" in options:  # optional in the proto: an explicit 0 turns jitter off
         request.jitter = options["jitter"]
@@ -115,7 +108,7 @@ class DreamClient:
 
     def __init__(self, target: str = DEFAULT_TARGET) -> None:
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = dream_pb2_grpc.DreamServiceStub(self._channel)
 
     def dream(
@@ -166,7 +159,7 @@ class AsyncDreamClient:
 
     def __init__(self, target: str = DEFAULT_TARGET) -> None:
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = dream_pb2_grpc.DreamServiceStub(self._channel)
 
     def dream(

@@ -9,14 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from dreamstream.v1 import dream_pb2
-
-FORMAT_NAMES = {
-    dream_pb2.IMAGE_FORMAT_UNSPECIFIED: "png",
-    dream_pb2.IMAGE_FORMAT_PNG: "png",
-    dream_pb2.IMAGE_FORMAT_JPEG: "jpeg",
-    dream_pb2.IMAGE_FORMAT_WEBP: "webp",
-}
-SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+from dreamstream.wire import format_named, format_of_enum
 
 
 @dataclass(frozen=True)
@@ -60,7 +53,7 @@ class Frame:
     @property
     def suffix(self) -> str:
         """The file name suffix of the frame's format, e.g. ".png"."""
-        return SUFFIXES[self.format]
+        return format_named(self.format).suffix
 
     def save(self, path: str | Path) -> Path:
         """Write the encoded bytes as received (no re-encoding) and return the path."""
@@ -101,7 +94,7 @@ def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent:
             width=frame.width,
             height=frame.height,
             data=frame.image,
-            format=FORMAT_NAMES[frame.format],
+            format=format_of_enum(frame.format).name,
             final=frame.final,
         )
     progress = response.progress

@@ -25,7 +25,8 @@ from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones import RECIPES
 from dreamstream.export.backbones.source import WeightSource
 from dreamstream.export.graph import DERIVED_PREFIX, OPSET
-from dreamstream.export.manifest import (
+from dreamstream.export.weights import read_weights, sha256_of
+from dreamstream.modeldir import (
     CHANNEL_WEIGHTS,
     IMAGE,
     LAYER_WEIGHTS,
@@ -33,7 +34,6 @@ from dreamstream.export.manifest import (
     Manifest,
     write_manifest,
 )
-from dreamstream.export.weights import read_weights, sha256_of
 
 WEIGHTS_FILE = "weights.bin"
 _ALIGNMENT = 64

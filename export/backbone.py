@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from dreamstream.export.manifest import Preprocessing
+from dreamstream.modeldir import Preprocessing
 
 
 @dataclass(frozen=True)

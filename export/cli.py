@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dreamstream.client.tables import layer_table
-from dreamstream.export.manifest import ManifestError, read_manifest
+from dreamstream.cmdline import layer_table
+from dreamstream.modeldir import ManifestError, read_manifest
 
 
 def add_export_parsers(subparsers: argparse._SubParsersAction) -> None:

@@ -29,7 +29,7 @@ from dreamstream.export.autodiff import (
 )
 from dreamstream.export.backbone import Backbone, DreamLayer
 from dreamstream.export.graph import GraphBuilder, make_model, tensor_info
-from dreamstream.export.manifest import (
+from dreamstream.modeldir import (
     CHANNEL_MEANS,
     CHANNEL_WEIGHTS,
     GRAD,

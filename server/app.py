@@ -13,11 +13,10 @@ from dreamstream.server.engine import DreamEngine
 from dreamstream.server.models import ModelRepository
 from dreamstream.server.service import DreamService
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
+from dreamstream.wire import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)
 
-# Frames of a large picture are several MB, well over gRPC's 4 MB default.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVICE_NAME = dream_pb2.DESCRIPTOR.services_by_name["DreamService"].full_name
 # Health answers for the whole server ("") and for the Dream service by name.
 _HEALTH_NAMES = ("", SERVICE_NAME)
@@ -49,12 +48,7 @@ class DreamServer:
         """Listen on host:port (0 picks a free port) and return the port."""
         # Created here rather than in __init__: a grpc.aio server belongs to the event
         # loop it is created in, which must be the one that runs it.
-        self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ]
-        )
+        self._server = grpc.aio.server(options=list(CHANNEL_OPTIONS))
         dream_pb2_grpc.add_DreamServiceServicer_to_server(self._service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)

@@ -9,14 +9,14 @@ import os
 import signal
 from pathlib import Path
 
-from dreamstream.client.cli import CommandError, positive_int
+from dreamstream.cmdline import CommandError, non_negative_int, positive_int
 from dreamstream.server.app import DreamServer
 from dreamstream.server.models import ModelRepository, RepositoryError
 from dreamstream.server.providers import DEVICE_CHOICES, DeviceError
+from dreamstream.wire import DEFAULT_PORT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 50051
 # Seconds running dreams get to finish when the server is asked to stop.
 SHUTDOWN_GRACE = 5.0
 
@@ -49,13 +49,13 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-queue",
-        type=int,
+        type=non_negative_int,
         default=4,
         help="dreams that may wait for a slot; beyond, RESOURCE_EXHAUSTED (default 4)",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="threads per graph operator (default 0: one per physical core; set it to the container's CPU limit)",
     )
@@ -65,8 +65,6 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.max_queue < 0:
-        raise CommandError(f"--max-queue {args.max_queue} is negative: use 0 or more")
     asyncio.run(_serve(args))
     return 0
 

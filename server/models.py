@@ -1,6 +1,6 @@
 """The model repository: the exported models in one directory, and their sessions.
 
-Each model directory (see `dreamstream.export.manifest`) holds dozens of graphs,
+Each model directory (see `dreamstream.modeldir`) holds dozens of graphs,
 one gradient graph and one step graph per layer, so sessions are opened on first
 use and then kept: a session is created once per graph and shared by every
 request (ONNX Runtime sessions are safe to run from several threads).
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import onnxruntime as ort
 
-from dreamstream.export.manifest import MANIFEST_FILE, Manifest, ManifestError, read_manifest
+from dreamstream.modeldir import MANIFEST_FILE, Layer, Manifest, ManifestError, read_manifest
 from dreamstream.server.providers import Device, choose_device, confirm_device, open_session
+from dreamstream.server.refusals import UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,6 @@ DEFAULT_MODEL = "efficientnet-lite0"
 
 class RepositoryError(RuntimeError):
     """The models directory cannot be served: empty, or holding a broken model."""
-
-
-class UnknownModel(LookupError):
-    """A request named a model this server does not have."""
-
-    def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(f"unknown model {name!r}: this server has {', '.join(known)}")
 
 
 class Model:
@@ -65,6 +59,26 @@ class Model:
     def session_count(self) -> int:
         return len(self._sessions)
 
+    def serving_layer(self, layers: Mapping[str, float]) -> tuple[Layer, bool]:
+        """The layer whose graphs serve a dream on `layers` (name -> weight, at least one
+        non-zero), and whether its focus graphs do: the deepest layer with a non-zero
+        weight, focused when every such layer is in its group (the focus graphs seed the
+        loss of that group only, which saves a pass over every other layer)."""
+        manifest = self.manifest
+        selected = [manifest.layer(name) for name, weight in layers.items() if weight != 0]
+        deepest = max(selected, key=lambda layer: manifest.layer_index(layer.name))
+        return deepest, all(layer.group == deepest.group for layer in selected)
+
+    def step_graph_for(self, layers: Mapping[str, float]) -> str:
+        """The fused step graph that runs a dream on `layers` (name -> weight)."""
+        layer, focused = self.serving_layer(layers)
+        return layer.focus_step_graph if focused else layer.step_graph
+
+    def graph_for(self, layers: Mapping[str, float]) -> str:
+        """The gradient graph for `layers`, chosen as `step_graph_for` chooses."""
+        layer, focused = self.serving_layer(layers)
+        return layer.focus_graph if focused else layer.graph
+
 
 class ModelRepository:
     """The models found in `root`, one sub-directory each, served on `device`.
@@ -95,7 +109,7 @@ class ModelRepository:
         models: dict[str, Model] = {}
         for directory, manifest in manifests:
             model = Model(directory, manifest, device)
-            session = model.session(manifest.step_graph_for(manifest.default_layers))
+            session = model.session(model.step_graph_for(manifest.default_layers))
             device = model.device = confirm_device(session, device)
             models[manifest.name] = model
             log.info(

@@ -1,7 +1,10 @@
-"""The gRPC adapter: proto -> validated parameters -> engine -> frames -> proto.
+"""The gRPC adapter: proto -> DreamSpec -> plan -> engine -> frames -> proto.
 
-Each arrow is one function here; the engine knows nothing of gRPC, and the
-status code of every refusal is chosen in one place, `status_of`.
+Each arrow is one function: `spec_from_request` converts the message, the
+engine's planning step checks it (all validation and defaults live there),
+`progress_message` and `frame_message` convert the events back, and `status_of`
+turns every refusal into its status in one place. The engine knows nothing of
+gRPC; this module decides nothing about dreams.
 
 The ascent runs in a worker thread (ONNX Runtime releases the GIL), frames are
 encoded in another pool so that encoding never holds the ascent up, and the
@@ -15,104 +18,61 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import grpc
 
 from dreamstream.server import imaging
 from dreamstream.server.engine import (
-    DEFAULT_JITTER,
-    DEFAULT_MAX_SIZE,
-    DEFAULT_OCTAVE_SCALE,
-    DEFAULT_OCTAVES,
-    DEFAULT_STEP_SIZE,
-    DEFAULT_STEPS,
     DreamCancelled,
     DreamEngine,
-    DreamParams,
     DreamPlan,
-    InvalidParams,
+    DreamSpec,
     Octave,
     Step,
 )
-from dreamstream.server.models import UnknownModel
+from dreamstream.server.refusals import Busy, InvalidRequest, NotReady, Refusal, RefusalKind
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
+from dreamstream.wire import UnknownFormat, format_of_enum
 
 log = logging.getLogger(__name__)
 
-_FORMATS = {
-    dream_pb2.IMAGE_FORMAT_UNSPECIFIED: "png",
-    dream_pb2.IMAGE_FORMAT_PNG: "png",
-    dream_pb2.IMAGE_FORMAT_JPEG: "jpeg",
-    dream_pb2.IMAGE_FORMAT_WEBP: "webp",
+# The one place a refusal's kind becomes a status; anything that is no Refusal is INTERNAL.
+_STATUS_OF_KIND = {
+    RefusalKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    RefusalKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    RefusalKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RefusalKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    RefusalKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
 }
-_FORMAT_ENUMS = {
-    "png": dream_pb2.IMAGE_FORMAT_PNG,
-    "jpeg": dream_pb2.IMAGE_FORMAT_JPEG,
-    "webp": dream_pb2.IMAGE_FORMAT_WEBP,
-}
-
-
-class Busy(Exception):
-    """Every dream slot and every queue place is taken."""
-
-
-class NotReady(Exception):
-    """The server is still loading its models."""
 
 
 def status_of(error: Exception) -> grpc.StatusCode:
     """The status a refusal is answered with: the one place that decides it."""
-    if isinstance(error, InvalidParams | imaging.ImageError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, UnknownModel):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(error, Busy):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(error, NotReady):
-        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(error, Refusal):
+        return _STATUS_OF_KIND[error.kind]
     return grpc.StatusCode.INTERNAL
 
 
-@dataclass(frozen=True)
-class DreamJob:
-    """A validated request: the engine's plan and how to encode the frames."""
-
-    plan: DreamPlan
-    format: str
-
-
-def params_from_request(request: dream_pb2.DreamRequest) -> DreamParams:
-    """The request's parameters, zeros replaced by the defaults; DreamParams checks ranges."""
-    return DreamParams(
+def spec_from_request(request: dream_pb2.DreamRequest) -> DreamSpec:
+    """The request as the engine's DreamSpec: the proto's zeros become None ("the default")."""
+    try:
+        frame_format = format_of_enum(request.format)
+    except UnknownFormat as error:
+        raise InvalidRequest(str(error), field="format") from None
+    return DreamSpec(
+        image=request.image or None,
+        noise_size=(request.height, request.width) if (request.width or request.height) else None,
+        model=request.model,
         layers=dict(request.layers) or None,
-        octaves=request.octaves or DEFAULT_OCTAVES,
-        octave_scale=request.octave_scale or DEFAULT_OCTAVE_SCALE,
-        steps=request.steps_per_octave or DEFAULT_STEPS,
-        step_size=request.step_size or DEFAULT_STEP_SIZE,
-        jitter=request.jitter if request.HasField("jitter") else DEFAULT_JITTER,
+        octaves=request.octaves or None,
+        octave_scale=request.octave_scale or None,
+        steps_per_octave=request.steps_per_octave or None,
+        step_size=request.step_size or None,
+        jitter=request.jitter if request.HasField("jitter") else None,
         seed=request.seed,
+        max_size=request.max_size or None,
+        frame_format=frame_format,
     )
-
-
-def format_from_request(request: dream_pb2.DreamRequest) -> str:
-    fmt = _FORMATS.get(request.format)
-    if fmt is None:
-        raise InvalidParams(f"unknown image format {request.format}: use PNG, JPEG or WEBP")
-    return fmt
-
-
-def noise_size(request: dream_pb2.DreamRequest) -> tuple[int, int] | None:
-    """(height, width) of the noise to dream on, or None when the request has a picture."""
-    if request.image:
-        if request.width or request.height:
-            raise InvalidParams("send an image or a width and height, not both")
-        return None
-    if request.width <= 0 or request.height <= 0:
-        raise InvalidParams(
-            "the request has no image: send one, or set width and height (both above 0) to dream on noise"
-        )
-    return request.height, request.width
 
 
 def progress_message(step: Step) -> dream_pb2.DreamResponse:
@@ -129,7 +89,7 @@ def progress_message(step: Step) -> dream_pb2.DreamResponse:
     )
 
 
-def frame_message(octave: Octave, data: bytes, fmt: str) -> dream_pb2.DreamResponse:
+def frame_message(octave: Octave, data: bytes, plan: DreamPlan) -> dream_pb2.DreamResponse:
     height, width = octave.image.shape[:2]
     return dream_pb2.DreamResponse(
         frame=dream_pb2.Frame(
@@ -138,7 +98,7 @@ def frame_message(octave: Octave, data: bytes, fmt: str) -> dream_pb2.DreamRespo
             width=width,
             height=height,
             image=data,
-            format=_FORMAT_ENUMS[fmt],
+            format=plan.frame_format.enum,
             final=octave.final,
         )
     )
@@ -231,32 +191,16 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
         self, request: dream_pb2.DreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dream_pb2.DreamResponse]:
         try:
-            job = await self._job(request)
-            async for response in self._stream(job):
+            if not self._engine.models.loaded:
+                raise NotReady("the server is still loading its models; retry in a moment")
+            plan = self._engine.plan(spec_from_request(request))
+            async for response in self._stream(plan):
                 yield response
         except Exception as error:
             await _abort(context, error)
 
-    async def _job(self, request: dream_pb2.DreamRequest) -> DreamJob:
-        """Validate a request into a job; raises the refusals `status_of` knows."""
-        if not self._engine.models.loaded:
-            raise NotReady("the server is still loading its models; retry in a moment")
-        params = params_from_request(request)
-        fmt = format_from_request(request)
-        size = noise_size(request)
-        manifest = self._engine.models.get(request.model).manifest
-        picture = None
-        if size is None:
-            if request.max_size < 0:
-                raise InvalidParams(f"max_size {request.max_size} is negative: use 0 for the default")
-            max_size = request.max_size or min(DEFAULT_MAX_SIZE, manifest.max_size)
-            loop = asyncio.get_running_loop()
-            picture = await loop.run_in_executor(self._imaging, imaging.decode, request.image, max_size)
-        plan = self._engine.plan(picture, params, model=request.model, size=size)
-        return DreamJob(plan=plan, format=fmt)
-
-    async def _stream(self, job: DreamJob) -> AsyncIterator[dream_pb2.DreamResponse]:
-        """Run `job` in a worker thread and turn its events into responses, in order."""
+    async def _stream(self, plan: DreamPlan) -> AsyncIterator[dream_pb2.DreamResponse]:
+        """Run `plan` in a worker thread and turn its events into responses, in order."""
         await self._admission.acquire()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[object] = asyncio.Queue()
@@ -269,7 +213,6 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
                 cancel.set()
 
         def work() -> None:
-            plan = job.plan
             height, width = plan.size
             log.info(
                 "dream on %s: %dx%d, %d octaves x %d steps, layers %s",
@@ -277,14 +220,14 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
                 width,
                 height,
                 len(plan.sizes),
-                plan.params.steps,
-                plan.params.layers or plan.model.manifest.default_layers,
+                plan.params.steps_per_octave,
+                dict(plan.params.layers),
             )
             try:
                 for event in self._engine.run(plan, cancel):
                     if isinstance(event, Octave):
                         # Encoding runs beside the ascent, which goes on with the next octave.
-                        put((event, self._imaging.submit(imaging.encode, event.image, job.format)))
+                        put((event, self._imaging.submit(imaging.encode, event.image, plan.frame_format)))
                     else:
                         put(event)
                 log.info("dream done in %.2f s", event.elapsed)
@@ -310,7 +253,7 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
                 else:
                     octave, encoded = item
                     data = await asyncio.wrap_future(encoded)
-                    yield frame_message(octave, data, job.format)
+                    yield frame_message(octave, data, plan)
         finally:
             # The client went away, its deadline passed, or the dream ended: in every case
             # the worker stops before its next step.

@@ -22,7 +22,7 @@ def assert_graphs_pass_checker_and_cuda_audit(model_dir: Path) -> None:
     import onnx
     from cuda_support import cuda_unsupported
 
-    from dreamstream.export.manifest import read_manifest
+    from dreamstream.modeldir import read_manifest
 
     manifest = read_manifest(model_dir)
     graphs = {

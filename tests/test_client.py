@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dreamstream.client import DreamClient, Frame
+from dreamstream.client import DreamClient, Frame, Progress
 from dreamstream.client.client import build_request
 from dreamstream.v1 import dream_pb2
 
 
 def final_frame(client: DreamClient, image) -> Frame:
-    frames = [e for e in client.dream(image, max_size=64, octaves=1, steps=2) if isinstance(e, Frame)]
+    frames = [e for e in client.dream(image, max_size=64, octaves=1, steps_per_octave=2) if isinstance(e, Frame)]
     return frames[-1]
 
 
@@ -51,9 +53,33 @@ def test_an_explicit_zero_jitter_is_sent_to_turn_jitter_off() -> None:
 
 
 def test_misspelt_options_and_unknown_types_fail_before_any_call() -> None:
-    with pytest.raises(TypeError, match="unknown dream option.*octave\\b"):
+    with pytest.raises(TypeError, match="unknown dream option.*octave\\b.*the options are model, layers"):
         build_request(None, {"octave": 3})
+    with pytest.raises(TypeError, match="steps_per_octave"):
+        build_request(None, {"steps": 3})  # the .proto's names, not the command line's
     with pytest.raises(TypeError, match="cannot send a dict"):
         build_request({"not": "a picture"}, {})
-    with pytest.raises(ValueError, match="unknown format 'gif'"):
+    with pytest.raises(ValueError, match="unknown image format 'gif'"):
         build_request(None, {"format": "gif"})
+
+
+def test_the_short_import_works_without_the_server_or_export_dependencies() -> None:
+    # What a new user types first; the light install has no onnx, onnxruntime or torch.
+    code = (
+        "import sys; sys.modules.update(onnxruntime=None, onnx=None, torch=None); "
+        "from dreamstream import DreamClient, AsyncDreamClient, Frame, __version__; "
+        "import importlib.metadata as m; assert __version__ == m.version('dreamstream'), __version__; "
+        "print(DreamClient.__name__, AsyncDreamClient.__name__, __version__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:2] == ["DreamClient", "AsyncDreamClient"]
+
+
+def test_a_real_server_takes_the_protos_option_names(server, coffee: Path) -> None:
+    from dreamstream import DreamClient as ShortImport
+
+    with ShortImport(server.target) as short:
+        events = list(short.dream(coffee, max_size=64, octaves=2, steps_per_octave=2))
+    steps = [event for event in events if isinstance(event, Progress)]
+    assert [(step.octave, step.step, step.steps) for step in steps] == [(1, 1, 2), (1, 2, 2), (2, 1, 2), (2, 2, 2)]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dreamstream.client.cli import main, parse_layers
+from dreamstream.cli import main
+from dreamstream.client.cli import parse_layers
 from dreamstream.client.events import Frame, Progress
 from dreamstream.client.progress import ProgressBar
 
@@ -23,7 +24,7 @@ SMALL = ["--max-size", "64", "--octaves", "3", "--steps", "2"]
 CLI = [
     sys.executable,
     "-c",
-    "import sys; from dreamstream.client.cli import main; sys.exit(main())",
+    "import sys; from dreamstream.cli import main; sys.exit(main())",
 ]
 
 
@@ -135,11 +136,21 @@ def test_the_progress_line_shows_octave_step_loss_and_time_left() -> None:
     assert "octave 2/4: 64x43\n" in text
 
 
-def test_the_client_commands_never_import_the_server_or_export_dependencies() -> None:
+def test_the_client_commands_never_import_the_server_or_export_dependencies(
+    server, coffee: Path, tmp_path: Path
+) -> None:
     # The light install has no onnx, onnxruntime or torch: `dream` and `models` must not
-    # need them, and `serve` must say which extra to install.
+    # need them (a real dream through a real server), and `serve` must say which extra to install.
     block = "import sys; sys.modules.update(onnxruntime=None, onnx=None, torch=None); "
-    run = block + "from dreamstream.client.cli import main; sys.exit(main(sys.argv[1:]))"
+    run = block + "from dreamstream.cli import main; sys.exit(main(sys.argv[1:]))"
+    out = tmp_path / "light.png"
+    dream = subprocess.run(
+        [sys.executable, "-c", run, "dream", str(coffee), "-o", str(out), "--server", server.target, "-q", *SMALL],
+        capture_output=True,
+        text=True,
+    )
+    assert dream.returncode == 0, dream.stderr
+    assert out.is_file()
     models = subprocess.run(
         [sys.executable, "-c", run, "models", "--server", "127.0.0.1:1"],
         capture_output=True,
@@ -147,7 +158,6 @@ def test_the_client_commands_never_import_the_server_or_export_dependencies() ->
     )
     assert models.returncode == 2
     assert "cannot reach a dreamstream server" in one_line_error(models.stderr)
-
     serve = subprocess.run([sys.executable, "-c", run, "serve"], capture_output=True, text=True)
     assert serve.returncode == 2
     line = one_line_error(serve.stderr)

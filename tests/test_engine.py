@@ -10,25 +10,18 @@ import pytest
 from PIL import Image
 
 from dreamstream.server import imaging
-from dreamstream.server.engine import (
-    DreamCancelled,
-    DreamEngine,
-    DreamParams,
-    InvalidParams,
-    Octave,
-    Step,
-)
-from dreamstream.server.models import DEFAULT_MODEL, UnknownModel
-from dreamstream.server.octaves import octave_sizes
+from dreamstream.server.engine import DreamCancelled, DreamEngine, DreamSpec, Octave, Step
+from dreamstream.server.engine.octaves import octave_sizes
+from dreamstream.server.models import DEFAULT_MODEL
+from dreamstream.server.refusals import InvalidRequest, UnknownModel
 
 
 def picture(path: Path, max_size: int = 96) -> np.ndarray:
     return imaging.decode(path.read_bytes(), max_size)
 
 
-def dream(engine: DreamEngine, image: np.ndarray | None, **params) -> list[Step | Octave]:
-    size = params.pop("size", None)
-    return list(engine.run(engine.plan(image, DreamParams(**params), DEFAULT_MODEL, size=size)))
+def dream(engine: DreamEngine, image: np.ndarray | None, size: tuple[int, int] | None = None, **options) -> list:
+    return list(engine.run(engine.plan(DreamSpec(pixels=image, noise_size=size, **options))))
 
 
 def octaves_of(events: list[Step | Octave]) -> list[Octave]:
@@ -52,7 +45,7 @@ def test_a_dream_streams_its_steps_then_a_frame_per_octave_at_the_planned_sizes(
     engine: DreamEngine, coffee: Path
 ) -> None:
     image = picture(coffee)
-    plan = engine.plan(image, DreamParams(octaves=3, steps=2), DEFAULT_MODEL)
+    plan = engine.plan(DreamSpec(pixels=image, octaves=3, steps_per_octave=2))
     events = list(engine.run(plan))
 
     kinds = [type(event).__name__ for event in events]
@@ -70,7 +63,7 @@ def test_a_dream_streams_its_steps_then_a_frame_per_octave_at_the_planned_sizes(
 def test_the_dream_raises_the_loss_at_every_octave(engine: DreamEngine, coffee: Path) -> None:
     # Default jitter: the loss of a jittered step is noisy, so compare the first step of
     # each octave with the mean of its last three.
-    events = dream(engine, picture(coffee, 128), octaves=3, steps=10, seed=1)
+    events = dream(engine, picture(coffee, 128), octaves=3, steps_per_octave=10, seed=1)
     for octave in (1, 2, 3):
         losses = [e.loss for e in events if isinstance(e, Step) and e.octave == octave]
         assert np.mean(losses[-3:]) > losses[0] * 1.1, f"octave {octave}: {losses}"
@@ -84,7 +77,7 @@ def test_jitter_is_undone_so_the_step_follows_the_unjittered_gradient(engine: Dr
     image = picture(coffee)
 
     def update(jitter: int, seed: int) -> np.ndarray:
-        events = dream(engine, image, layers={"block0": 1.0}, octaves=1, steps=1, jitter=jitter, seed=seed)
+        events = dream(engine, image, layers={"block0": 1.0}, octaves=1, steps_per_octave=1, jitter=jitter, seed=seed)
         return octaves_of(events)[-1].image - image
 
     still = update(0, 0)
@@ -97,17 +90,17 @@ def test_jitter_is_undone_so_the_step_follows_the_unjittered_gradient(engine: Dr
 
 def test_the_same_seed_gives_the_same_picture(engine: DreamEngine, coffee: Path) -> None:
     image = picture(coffee)
-    first = octaves_of(dream(engine, image, octaves=2, steps=3, seed=7))[-1].image
-    again = octaves_of(dream(engine, image, octaves=2, steps=3, seed=7))[-1].image
-    other = octaves_of(dream(engine, image, octaves=2, steps=3, seed=8))[-1].image
+    first = octaves_of(dream(engine, image, octaves=2, steps_per_octave=3, seed=7))[-1].image
+    again = octaves_of(dream(engine, image, octaves=2, steps_per_octave=3, seed=7))[-1].image
+    other = octaves_of(dream(engine, image, octaves=2, steps_per_octave=3, seed=8))[-1].image
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - other).mean() > 1e-3
 
 
 def test_without_a_picture_the_dream_starts_from_seeded_noise(engine: DreamEngine) -> None:
-    first = octaves_of(dream(engine, None, size=(48, 80), octaves=2, steps=2, seed=3))[-1].image
-    again = octaves_of(dream(engine, None, size=(48, 80), octaves=2, steps=2, seed=3))[-1].image
-    other = octaves_of(dream(engine, None, size=(48, 80), octaves=2, steps=2, seed=4))[-1].image
+    first = octaves_of(dream(engine, None, size=(48, 80), octaves=2, steps_per_octave=2, seed=3))[-1].image
+    again = octaves_of(dream(engine, None, size=(48, 80), octaves=2, steps_per_octave=2, seed=3))[-1].image
+    other = octaves_of(dream(engine, None, size=(48, 80), octaves=2, steps_per_octave=2, seed=4))[-1].image
     assert first.shape == (48, 80, 3)
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - other).mean() > 1e-3
@@ -118,7 +111,7 @@ def test_a_faint_dream_keeps_the_originals_sharpness(engine: DreamEngine, coffee
     # The detail trick: the last octave starts from the full-size original plus the
     # upscaled detail, not from an upscaled (blurred) small picture.
     image = picture(coffee, 128)
-    frames = octaves_of(dream(engine, image, octaves=4, steps=2, step_size=1e-4))
+    frames = octaves_of(dream(engine, image, octaves=4, steps_per_octave=2, step_size=1e-4))
     smallest = frames[0].image.shape[1::-1]
     blurred = imaging.to_pil(image).resize(smallest).resize(image.shape[1::-1])
     blur_error = np.abs(np.asarray(blurred) / 255.0 - image).mean()
@@ -127,7 +120,7 @@ def test_a_faint_dream_keeps_the_originals_sharpness(engine: DreamEngine, coffee
 
 def test_each_octave_carries_its_detail_up_to_the_next(engine: DreamEngine, coffee: Path) -> None:
     image = picture(coffee, 128)
-    first, last = octaves_of(dream(engine, image, octaves=2, steps=5, octave_scale=2.0))
+    first, last = octaves_of(dream(engine, image, octaves=2, steps_per_octave=5, octave_scale=2.0))
     height, width = first.image.shape[:2]
     small = np.asarray(imaging.to_pil(image).resize((width, height), Image.Resampling.BICUBIC))
     detail = first.image - small / 255.0
@@ -144,18 +137,18 @@ def test_the_device_bound_path_dreams_exactly_like_numpy_feeding(repository, cof
     # On CUDA the engine keeps the picture in OrtValues via IOBinding; here the same
     # code runs on CPU OrtValues and must match plain numpy feeding bit for bit.
     image = picture(coffee)
-    params = DreamParams(octaves=2, steps=3, seed=5)
+    spec = DreamSpec(pixels=image, octaves=2, steps_per_octave=3, seed=5)
     results = []
     for keep_on_device in (False, True):
         engine = DreamEngine(repository, keep_on_device=keep_on_device)
-        results.append(octaves_of(list(engine.run(engine.plan(image, params, DEFAULT_MODEL)))))
+        results.append(octaves_of(list(engine.run(engine.plan(spec)))))
     for host, bound in zip(*results, strict=True):
         np.testing.assert_array_equal(host.image, bound.image)
 
 
 def test_a_set_cancel_flag_stops_the_dream_before_the_next_step(engine: DreamEngine, coffee: Path) -> None:
     cancel = threading.Event()
-    plan = engine.plan(picture(coffee), DreamParams(octaves=1, steps=100), DEFAULT_MODEL)
+    plan = engine.plan(DreamSpec(pixels=picture(coffee), octaves=1, steps_per_octave=100))
     before = engine.steps_run
     events = engine.run(plan, cancel)
     next(events)
@@ -170,7 +163,7 @@ def test_the_step_graph_is_the_deepest_weighted_layers_and_its_session_is_reused
     engine: DreamEngine, coffee: Path
 ) -> None:
     image = picture(coffee)
-    plan = engine.plan(image, DreamParams(layers={"block2": 1.0, "block5": 0.5, "block9": 0.0}))
+    plan = engine.plan(DreamSpec(pixels=image, layers={"block2": 1.0, "block5": 0.5, "block9": 0.0}))
     assert plan.step_graph == plan.model.manifest.layer("block5").step_graph  # covers block2 too
     names = [layer.name for layer in plan.model.manifest.layers]
     weights = dict(zip(names, plan.layer_weights, strict=True))
@@ -187,14 +180,14 @@ def test_the_step_graph_is_the_deepest_weighted_layers_and_its_session_is_reused
 
 
 def test_a_dream_on_one_layer_runs_its_focused_step_graph(engine: DreamEngine, coffee: Path) -> None:
-    plan = engine.plan(picture(coffee), DreamParams(layers={"block9": 1.0}))
+    plan = engine.plan(DreamSpec(pixels=picture(coffee), layers={"block9": 1.0}))
     assert plan.step_graph == plan.model.manifest.layer("block9").focus_step_graph
 
 
 def test_the_default_layers_come_from_the_manifest(engine: DreamEngine, coffee: Path) -> None:
-    plan = engine.plan(picture(coffee), DreamParams())
+    plan = engine.plan(DreamSpec(pixels=picture(coffee)))
     manifest = plan.model.manifest
-    assert plan.step_graph == manifest.step_graph_for(manifest.default_layers)
+    assert plan.step_graph == plan.model.step_graph_for(manifest.default_layers)
     for name, weight in manifest.default_layers.items():
         assert plan.layer_weights[manifest.layer_index(name)] == weight
 
@@ -207,7 +200,7 @@ def test_the_default_layers_come_from_the_manifest(engine: DreamEngine, coffee: 
         ({"layers": {"block3": float("nan")}}, "finite"),
         ({"octaves": 0}, "octaves 0 is out of range"),
         ({"octaves": 13}, "octaves 13 is out of range"),
-        ({"steps": 1001}, "steps per octave 1001 is out of range"),
+        ({"steps_per_octave": 1001}, "steps per octave 1001 is out of range"),
         ({"octave_scale": 0.5}, "octave_scale 0.5 is out of range"),
         ({"step_size": -0.1}, "step_size -0.1 is out of range"),
         ({"jitter": -1}, "jitter -1 is out of range"),
@@ -216,15 +209,15 @@ def test_the_default_layers_come_from_the_manifest(engine: DreamEngine, coffee: 
 def test_bad_parameters_are_refused_with_what_to_change(
     engine: DreamEngine, coffee: Path, params: dict, message: str
 ) -> None:
-    with pytest.raises(InvalidParams, match=message):
-        engine.plan(picture(coffee), DreamParams(**params), DEFAULT_MODEL)
+    with pytest.raises(InvalidRequest, match=message):
+        engine.plan(DreamSpec(pixels=picture(coffee), model=DEFAULT_MODEL, **params))
 
 
 def test_a_picture_above_the_models_max_size_is_refused(engine: DreamEngine) -> None:
-    with pytest.raises(InvalidParams, match="too many pixels.*lower max_size"):
-        engine.plan(None, DreamParams(), DEFAULT_MODEL, size=(64, 5000))
+    with pytest.raises(InvalidRequest, match="too many pixels.*lower max_size"):
+        engine.plan(DreamSpec(noise_size=(64, 5000)))
 
 
 def test_an_unknown_model_is_refused_with_the_known_ones(engine: DreamEngine) -> None:
     with pytest.raises(UnknownModel, match=f"unknown model 'nope': this server has .*{DEFAULT_MODEL}"):
-        engine.plan(None, DreamParams(), "nope", size=(64, 64))
+        engine.plan(DreamSpec(model="nope", noise_size=(64, 64)))

@@ -14,8 +14,8 @@ from conftest import BVLC_WEIGHTS, IMAGES, assert_graphs_pass_checker_and_cuda_a
 from PIL import Image
 from reference_models import build_reference
 
-from dreamstream.export.manifest import Manifest, read_manifest
 from dreamstream.export.weights import read_weights
+from dreamstream.modeldir import Manifest, read_manifest
 
 TOLERANCE = 1e-4  # max |ours - torch| / max |torch|, float32 graphs against a float64 reference
 
@@ -193,16 +193,21 @@ def test_manifest_records_sizes_preprocessing_and_weights_digest(lite0_dir):
 
 
 def test_focus_graph_agrees_with_the_cut_graph_and_ignores_other_layers(googlenet_bvlc_dir):
+    from dreamstream.server.models import Model
+    from dreamstream.server.providers import choose_device
+
     manifest = read_manifest(googlenet_bvlc_dir)
+    model = Model(googlenet_bvlc_dir, manifest, choose_device("cpu"))
     chosen = {"inception_4a/3x3": 0.7, "inception_4a/output": 1.0}
-    assert manifest.step_graph_for(chosen) == manifest.layer("inception_4a/output").focus_step_graph
-    assert manifest.step_graph_for({**chosen, "conv2/3x3": 0.1}) == manifest.layer("inception_4a/output").step_graph
+    # The server runs the focus graphs when every weighted layer is in one group.
+    assert model.step_graph_for(chosen) == manifest.layer("inception_4a/output").focus_step_graph
+    assert model.step_graph_for({**chosen, "conv2/3x3": 0.1}) == manifest.layer("inception_4a/output").step_graph
     rng = np.random.default_rng(3)
     layer_weights, channel_weights = _weights_vectors(manifest, chosen, rng)
     image = _photo((90, 110))
     feeds = {"image": image, "layer_weights": layer_weights, "channel_weights": channel_weights}
     cut = _session(googlenet_bvlc_dir / manifest.layer("inception_4a/output").graph).run(None, feeds)
-    focus = _session(googlenet_bvlc_dir / manifest.graph_for(chosen)).run(None, feeds)
+    focus = _session(googlenet_bvlc_dir / model.graph_for(chosen)).run(None, feeds)
     np.testing.assert_allclose(focus[0], cut[0], rtol=1e-5)
     np.testing.assert_allclose(focus[1], cut[1], rtol=1e-4, atol=1e-6 * np.abs(cut[1]).max())
     block = manifest.layer("inception_4a/1x1")
@@ -212,7 +217,5 @@ def test_focus_graph_agrees_with_the_cut_graph_and_ignores_other_layers(googlene
 
     # Weights of layers outside the group do not reach the focused loss.
     layer_weights[manifest.layer_index("conv2/3x3")] = 5.0
-    moved = _session(googlenet_bvlc_dir / manifest.graph_for(chosen)).run(
-        None, {**feeds, "layer_weights": layer_weights}
-    )
+    moved = _session(googlenet_bvlc_dir / model.graph_for(chosen)).run(None, {**feeds, "layer_weights": layer_weights})
     np.testing.assert_allclose(moved[0], focus[0], rtol=1e-6)

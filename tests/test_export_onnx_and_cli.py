@@ -17,7 +17,7 @@ from torch import nn
 
 from dreamstream.export.api import OnnxOptions, export_model
 from dreamstream.export.backbones.onnx_file import OnnxBackboneError
-from dreamstream.export.manifest import read_manifest
+from dreamstream.modeldir import read_manifest
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -101,7 +101,7 @@ def test_user_onnx_unknown_tensor_names_the_closest(tiny_onnx, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys; from dreamstream.client.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from dreamstream.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from dreamstream.server import imaging
+from dreamstream.wire import format_named
 
 
 def encoded(picture: Image.Image, fmt: str = "PNG", **options) -> bytes:
@@ -61,10 +62,29 @@ def test_a_picture_announcing_too_many_pixels_is_refused_before_decoding() -> No
         imaging.decode(huge, 1024)
 
 
+def test_the_header_gives_the_size_after_the_exif_rotation_without_decoding() -> None:
+    # 1-bit and blank: a few kB on the wire; probe must not decode its 108 Mpx to say so.
+    huge = encoded(Image.new("1", (12_000, 9_000)))
+    with pytest.raises(imaging.ImageError, match="12000x9000 px, too many pixels") as refused:
+        imaging.probe(huge)
+    assert refused.value.reason == "IMAGE_TOO_LARGE" and refused.value.field == "image"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    header = imaging.probe(encoded(Image.new("RGB", (60, 40)), "JPEG", exif=exif))
+    assert (header.width, header.height) == (40, 60)
+
+
+def test_an_undecodable_picture_names_no_python_object() -> None:
+    with pytest.raises(imaging.ImageError) as refused:
+        imaging.probe(b"not a picture at all")
+    assert "object at 0x" not in str(refused.value)
+    assert "cannot decode the image" in str(refused.value)
+
+
 @pytest.mark.parametrize(("fmt", "pillow_format"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
 def test_encoding_round_trips_in_each_format(fmt: str, pillow_format: str) -> None:
     image = np.random.default_rng(0).random((24, 32, 3)).astype(np.float32)
-    with Image.open(io.BytesIO(imaging.encode(image, fmt))) as picture:
+    with Image.open(io.BytesIO(imaging.encode(image, format_named(fmt)))) as picture:
         assert picture.format == pillow_format and picture.size == (32, 24)
         if fmt == "png":  # lossless: the same 8-bit values
             np.testing.assert_allclose(np.asarray(picture) / 255.0, image, atol=0.5 / 255 + 1e-6)

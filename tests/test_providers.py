@@ -7,7 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from dreamstream.export.manifest import read_manifest
+from dreamstream.modeldir import read_manifest
 from dreamstream.server.providers import CUDA, Device, DeviceError, choose_device, confirm_device, open_session
 
 needs_no_cuda = pytest.mark.skipif(

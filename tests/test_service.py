@@ -30,10 +30,9 @@ from dreamstream.client import (
     ServerUnavailable,
 )
 from dreamstream.client.errors import DeadlineExceeded, DreamstreamError
-from dreamstream.export.manifest import read_manifest
 from dreamstream.server.models import DEFAULT_MODEL, ModelRepository
 
-SMALL = {"max_size": 64, "octaves": 2, "steps": 2}
+SMALL = {"max_size": 64, "octaves": 2, "steps_per_octave": 2}
 
 
 def frames_of(events: list) -> list[Frame]:
@@ -41,7 +40,7 @@ def frames_of(events: list) -> list[Frame]:
 
 
 def test_the_stream_is_each_octaves_steps_then_its_frame(client: DreamClient, coffee: Path) -> None:
-    events = list(client.dream(coffee, max_size=96, octaves=3, steps=2))
+    events = list(client.dream(coffee, max_size=96, octaves=3, steps_per_octave=2))
 
     kinds = ["progress" if isinstance(e, Progress) else "frame" for e in events]
     assert kinds == ["progress", "progress", "frame"] * 3
@@ -57,7 +56,7 @@ def test_the_stream_is_each_octaves_steps_then_its_frame(client: DreamClient, co
 
 
 def test_the_final_frame_has_the_output_size(client: DreamClient, coffee: Path) -> None:
-    frames = frames_of(list(client.dream(coffee, max_size=96, octaves=2, steps=1)))
+    frames = frames_of(list(client.dream(coffee, max_size=96, octaves=2, steps_per_octave=1)))
     final = frames[-1]
     assert (final.width, final.height) == (96, 64)  # coffee.png is 600x400
     assert final.image().size == (96, 64)
@@ -73,7 +72,7 @@ def test_frames_come_in_the_requested_format(client: DreamClient, coffee: Path, 
 
 
 def test_without_an_image_the_server_dreams_on_noise_of_the_given_size(client: DreamClient) -> None:
-    final = frames_of(list(client.dream(None, width=80, height=48, octaves=2, steps=2)))[-1]
+    final = frames_of(list(client.dream(None, width=80, height=48, octaves=2, steps_per_octave=2)))[-1]
     assert (final.width, final.height) == (80, 48)
 
 
@@ -125,7 +124,7 @@ def test_list_models_gives_layers_and_default_layers(client: DreamClient) -> Non
         ({"layers": {"no_such_layer": 1.0}}, InvalidRequest, "its layers are stem, block0"),
         ({"octaves": 13}, InvalidRequest, "octaves 13 is out of range"),
         ({"octaves": -1}, InvalidRequest, "octaves -1 is out of range"),
-        ({"steps": 5000}, InvalidRequest, "steps per octave 5000 is out of range"),
+        ({"steps_per_octave": 5000}, InvalidRequest, "steps per octave 5000 is out of range"),
         ({"octave_scale": 9.0}, InvalidRequest, "octave_scale 9.0 is out of range"),
         ({"max_size": -5}, InvalidRequest, "max_size -5 is negative"),
         (
@@ -172,7 +171,7 @@ def test_a_dream_that_fails_on_the_server_is_internal_and_the_next_is_served(
     repository = ModelRepository(model_dir.parent, device="cpu")
     repository.load()
     # Damaged after loading: the graph's session is opened on its first dream, and fails.
-    (model_dir / read_manifest(model_dir).step_graph_for({"block2": 1.0})).write_bytes(b"not onnx")
+    (model_dir / repository.get().step_graph_for({"block2": 1.0})).write_bytes(b"not onnx")
     damaged = start_server(repository)
     with DreamClient(damaged.target) as client:
         with pytest.raises(DreamstreamError, match="the dream failed") as raised:
@@ -185,7 +184,7 @@ def test_a_cancelled_dream_stops_within_a_step_and_the_next_is_served_at_once(
     server, client: DreamClient, coffee: Path
 ) -> None:
     engine = server.server.engine
-    events = client.dream(coffee, max_size=64, octaves=1, steps=1000)
+    events = client.dream(coffee, max_size=64, octaves=1, steps_per_octave=1000)
     for _ in range(3):
         assert isinstance(next(events), Progress)
     events.close()  # leaving the stream cancels the call
@@ -206,7 +205,7 @@ def test_a_passed_deadline_stops_the_ascent(server, client: DreamClient, coffee:
     engine = server.server.engine
     before = engine.steps_run
     with pytest.raises(DeadlineExceeded):
-        list(client.dream(coffee, max_size=64, octaves=1, steps=1000, timeout=1.0))
+        list(client.dream(coffee, max_size=64, octaves=1, steps_per_octave=1000, timeout=1.0))
     stopped_at = wait_until_still(lambda: engine.steps_run)
     assert 0 < stopped_at - before < 1000
 
@@ -232,7 +231,7 @@ def test_two_clients_at_once_both_get_their_whole_dream(server, coffee: Path) ->
 def test_beyond_the_running_dreams_and_the_queue_the_server_is_busy(start_server, repository, coffee: Path) -> None:
     tight = start_server(repository, max_concurrent=1, max_queue=0)
     with DreamClient(tight.target) as first, DreamClient(tight.target) as second:
-        running = first.dream(coffee, max_size=64, octaves=1, steps=1000)
+        running = first.dream(coffee, max_size=64, octaves=1, steps_per_octave=1000)
         assert isinstance(next(running), Progress)
         with pytest.raises(ServerBusy, match="busy"):
             list(second.dream(coffee, **SMALL))
@@ -248,9 +247,8 @@ def test_frames_of_several_megabytes_pass_both_ways(client: DreamClient) -> None
     buffer = io.BytesIO()
     Image.fromarray(noise).save(buffer, format="PNG")
     assert len(buffer.getvalue()) > 4 * 1024 * 1024
-    final = frames_of(list(client.dream(buffer.getvalue(), layers={"stem": 1.0}, octaves=1, steps=1, max_size=1200)))[
-        -1
-    ]
+    events = client.dream(buffer.getvalue(), layers={"stem": 1.0}, octaves=1, steps_per_octave=1, max_size=1200)
+    final = frames_of(list(events))[-1]
     assert len(final.data) > 4 * 1024 * 1024
     assert final.image().size == (1200, 1200)
 

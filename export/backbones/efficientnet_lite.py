@@ -16,7 +16,7 @@ from dreamstream.export.backbones.layers import batchnorm_params, conv, fold_bat
 from dreamstream.export.backbones.net import NetBuilder
 from dreamstream.export.backbones.source import WeightSource
 from dreamstream.export.graph import GraphBuilder
-from dreamstream.export.manifest import Preprocessing
+from dreamstream.modeldir import Preprocessing
 
 BN_EPS = 1e-3
 STEM_CHANNELS = 32

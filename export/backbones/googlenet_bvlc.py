@@ -15,7 +15,7 @@ from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones.layers import concat, conv, max_pool, relu
 from dreamstream.export.backbones.net import NetBuilder
 from dreamstream.export.backbones.source import WeightSource
-from dreamstream.export.manifest import Preprocessing
+from dreamstream.modeldir import Preprocessing
 
 PREPROCESSING = Preprocessing(mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), bgr=True, scale=255.0)
 DEFAULT_LAYERS = {"inception_4c/output": 1.0}

@@ -8,7 +8,7 @@ from onnx import TensorProto
 from dreamstream.export.backbone import Backbone, DreamLayer
 from dreamstream.export.backbones.source import WeightSource
 from dreamstream.export.graph import GraphBuilder, make_model, tensor_info
-from dreamstream.export.manifest import Preprocessing
+from dreamstream.modeldir import Preprocessing
 
 
 class NetBuilder:

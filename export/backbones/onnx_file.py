@@ -17,7 +17,7 @@ from onnx import TensorProto, version_converter
 
 from dreamstream.export.backbone import Backbone, DreamLayer
 from dreamstream.export.graph import EXTERNAL_MIN_ELEMENTS, OPSET, tensor_info
-from dreamstream.export.manifest import Preprocessing
+from dreamstream.modeldir import Preprocessing
 
 PROBE_SIZE = 224
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones.layers import batchnorm_params, conv, fold_batchnorm, relu
 from dreamstream.export.backbones.net import NetBuilder
-from dreamstream.export.manifest import Preprocessing
+from dreamstream.modeldir import Preprocessing
 
 IMAGENET = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), bgr=False, scale=1.0)
 TRANSFORM_INPUT = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), bgr=False, scale=1.0)

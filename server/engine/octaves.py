@@ -1,6 +1,6 @@
 """The octave schedule and the resizing between octaves: plain numpy and Pillow.
 
-Kept apart from the engine (which needs ONNX Runtime) so that anything else that
+Kept apart from the ONNX Runtime parts of the engine so that anything else that
 follows the same algorithm, the PyTorch reference of the benchmarks say, uses the
 very same schedule and resampling.
 """

@@ -1,10 +1,12 @@
-"""The model manifest: what the export tool writes and the server reads.
+"""The model-directory contract: what the export tool writes and the server reads.
 
-A model directory holds `manifest.json`, one ONNX gradient graph per dream
-layer (all of them reading one external weights file), and nothing else the
-server needs. This module is the whole contract between export and serving;
-it depends on the standard library alone so the server can read manifests
-without the export tool's dependencies.
+A model directory holds `manifest.json`, the ONNX graphs of every layer group
+(all of them reading one external weights file), and nothing else the server
+needs. This module is the whole contract between export and serving: the
+manifest's fields, the format version, and the names of the graphs' inputs and
+outputs. It depends on the standard library alone, and imports neither the
+export tool nor the server; which graph serves a request is the server's
+decision (`dreamstream.server.engine.plan`).
 
 Every graph of a model has the same interface (see `GRAPH_INPUTS` and
 `GRAPH_OUTPUTS`): `layer_weights` has one entry per manifest layer and
@@ -19,13 +21,12 @@ gradient graph and a fused step graph each):
   with the same interface; the weights of all other layers are ignored. Seeding
   the loss of dozens of unselected layers costs a full pass over each of their
   activations, so this is the fast path for the common dream on one layer.
-`Manifest.step_graph_for` chooses between them for a set of layer weights.
+The server chooses between them for each dream.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -112,26 +113,6 @@ class Manifest:
             if layer.name == name:
                 return index
         raise KeyError(name)
-
-    def serving_layer(self, layers: Mapping[str, float]) -> tuple[Layer, bool]:
-        """The layer whose graphs serve a dream on `layers` (name -> weight), and whether
-        its focus graphs do: the deepest layer with a non-zero weight, focused when every
-        such layer is in its group."""
-        selected = [self.layer(name) for name, weight in layers.items() if weight != 0]
-        if not selected:
-            raise ValueError("at least one layer needs a non-zero weight")
-        deepest = max(selected, key=lambda layer: self.layer_index(layer.name))
-        return deepest, all(layer.group == deepest.group for layer in selected)
-
-    def step_graph_for(self, layers: Mapping[str, float]) -> str:
-        """The fused step graph to run for a dream on `layers` (name -> weight)."""
-        layer, focused = self.serving_layer(layers)
-        return layer.focus_step_graph if focused else layer.step_graph
-
-    def graph_for(self, layers: Mapping[str, float]) -> str:
-        """The gradient graph to run for `layers`, chosen as `step_graph_for` chooses."""
-        layer, focused = self.serving_layer(layers)
-        return layer.focus_graph if focused else layer.graph
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

@@ -1,0 +1,64 @@
+"""Command-line helpers every part of the `dreamstream` command shares.
+
+The client (`dream`, `models`), the server (`serve`) and the export tool
+(`export`, `layers`) each define their own subcommands; what they have in
+common lives here, so that none of them imports another.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+# Exit statuses, the same for every subcommand (documented in the README).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the server or the tool failed: not the user's doing
+EXIT_USAGE = 2  # the command line itself is wrong: fix the flags
+
+
+class CommandError(Exception):
+    """What stops a command, printed as one line: `dreamstream: <prefix><message>`.
+
+    The default is a mistake on the command line (exit status 2, "error: " before the
+    message); a command that reports a server's answer passes its own status and prefix.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE, prefix: str = "error: ") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.prefix = prefix
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: use 0 or more")
+    return value
+
+
+class LayerRow(Protocol):
+    name: str
+    channels: int
+    stride: int
+
+
+def layer_table(layers: Iterable[LayerRow], default_layers: Mapping[str, float], indent: str = "") -> list[str]:
+    """One line per layer (name, channels, stride, default weight), deepest last, with a header."""
+    layers = list(layers)
+    width = max(len("layer"), *(len(layer.name) for layer in layers))
+    lines = [f"{indent}{'layer':<{width}}  channels  stride  default weight"]
+    for layer in layers:
+        weight = default_layers.get(layer.name)
+        shown = f"{weight:g}" if weight is not None else ""
+        lines.append(f"{indent}{layer.name:<{width}}  {layer.channels:>8}  {layer.stride:>6}  {shown}".rstrip())
+    return lines

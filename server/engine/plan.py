@@ -1,0 +1,183 @@
+"""The planning step: a `DreamSpec` becomes a checked `DreamPlan`, or a refusal.
+
+Everything about a request is decided here, once: the model it runs on, the
+defaults, every range and layer name, the picture's size (from its header: no
+pixel is decoded while planning), the octave sizes and the step graph that
+serves the layers. Planning is cheap and opens no session, so a request is
+refused or admitted before it costs anything; the picture is decoded only when
+the dream runs (`Start.pixels`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dreamstream.server import imaging
+from dreamstream.server.engine.octaves import octave_sizes
+from dreamstream.server.engine.request import DEFAULT_MAX_SIZE, DreamParams, DreamSpec, resolve_params
+from dreamstream.server.models import Model, ModelRepository
+from dreamstream.server.refusals import InvalidRequest
+from dreamstream.wire import ImageFormat
+
+# Noise to dream on when there is no picture: mid grey with a little texture.
+_NOISE_MEAN = 0.5
+_NOISE_SPREAD = 0.1
+
+
+@dataclass(frozen=True)
+class Start:
+    """The picture a dream starts from, at its planned (height, width).
+
+    One of: encoded bytes (`data`), decoded pixels (`array`), or neither (seeded noise).
+    """
+
+    size: tuple[int, int]
+    data: bytes | None = field(default=None, repr=False)
+    array: np.ndarray | None = field(default=None, repr=False)
+    max_size: int = 0  # with `data`: the longer side it is scaled down to
+
+    @property
+    def is_noise(self) -> bool:
+        return self.data is None and self.array is None
+
+    def pixels(self, rng: np.random.Generator) -> np.ndarray:
+        """The starting picture, HxWx3 float32 RGB in [0, 1]; noise is drawn from `rng`."""
+        if self.array is not None:
+            return self.array
+        if self.data is not None:
+            return imaging.decode(self.data, self.max_size)
+        height, width = self.size
+        return (_NOISE_MEAN + rng.uniform(-_NOISE_SPREAD, _NOISE_SPREAD, (height, width, 3))).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class DreamPlan:
+    """A checked dream, ready to run: everything `DreamEngine.run` needs."""
+
+    model: Model
+    params: DreamParams
+    start: Start
+    sizes: tuple[tuple[int, int], ...]  # (height, width) of each octave, smallest first
+    step_graph: str  # the fused step graph that runs, chosen for the layer weights
+    layer_weights: np.ndarray
+    channel_weights: np.ndarray
+    frame_format: ImageFormat
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the result."""
+        return self.sizes[-1]
+
+    @property
+    def steps(self) -> int:
+        """Ascent steps in the whole dream."""
+        return self.params.steps_per_octave * len(self.sizes)
+
+
+def plan_dream(spec: DreamSpec, models: ModelRepository) -> DreamPlan:
+    """Check `spec` against its model; raises a Refusal that says what to change."""
+    model = models.get(spec.model)
+    manifest = model.manifest
+    params = resolve_params(spec, manifest.default_layers)
+    layer_weights = _layer_weights(model, params.layers)
+    start = _start(spec, model)
+    height, width = start.size
+    return DreamPlan(
+        model=model,
+        params=params,
+        start=start,
+        sizes=octave_sizes(height, width, params.octaves, params.octave_scale, manifest.min_size),
+        step_graph=model.step_graph_for(params.layers),
+        layer_weights=layer_weights,
+        # Every channel counts the same until per-channel dreams arrive; the graphs
+        # already take the vector.
+        channel_weights=np.ones(manifest.channel_total, np.float32),
+        frame_format=spec.frame_format,
+    )
+
+
+def _layer_weights(model: Model, layers: Mapping[str, float]) -> np.ndarray:
+    """One weight per manifest layer, zero for those not named."""
+    manifest = model.manifest
+    known = [layer.name for layer in manifest.layers]
+    weights = np.zeros(len(known), np.float32)
+    for name, weight in layers.items():
+        if name not in known:
+            raise InvalidRequest(
+                f"unknown layer {name!r} for model {manifest.name}: its layers are {', '.join(known)}",
+                reason="UNKNOWN_LAYER",
+                field="layers",
+            )
+        if not math.isfinite(weight):
+            raise InvalidRequest(
+                f"layer {name!r} has weight {weight}: use a finite number", reason="OUT_OF_RANGE", field="layers"
+            )
+        weights[manifest.layer_index(name)] = weight
+    if not weights.any():
+        raise InvalidRequest(
+            "every layer weight is zero: give at least one layer a non-zero weight",
+            reason="NO_LAYER_WEIGHT",
+            field="layers",
+        )
+    return weights
+
+
+def _start(spec: DreamSpec, model: Model) -> Start:
+    """The starting picture and its size, checked against the model's size limits."""
+    manifest = model.manifest
+    given = [name for name, value in (("image", spec.image), ("pixels", spec.pixels)) if value is not None]
+    if given and spec.noise_size is not None:
+        raise InvalidRequest("send an image or a width and height, not both", field="image")
+    if spec.image is not None:
+        max_size = _max_size(spec, model)
+        header = imaging.probe(spec.image)
+        width, height = imaging.fit(header.width, header.height, max_size)
+        start = Start((height, width), data=spec.image, max_size=max_size)
+    elif spec.pixels is not None:
+        start = Start(spec.pixels.shape[:2], array=spec.pixels)
+    elif spec.noise_size is not None:
+        height, width = spec.noise_size
+        if height <= 0 or width <= 0:
+            raise InvalidRequest(f"noise of {width}x{height} px: set width and height both above 0", field="width")
+        start = Start((height, width))
+    else:
+        raise InvalidRequest(
+            "the request has no image: send one, or set width and height (both above 0) to dream on noise",
+            field="image",
+        )
+    height, width = start.size
+    if min(height, width) < manifest.min_size:
+        raise InvalidRequest(
+            f"the picture is {width}x{height} px; model {manifest.name} needs at least "
+            f"{manifest.min_size} px on each side: send a larger picture",
+            reason="IMAGE_TOO_SMALL",
+            field="image",
+        )
+    if max(height, width) > manifest.max_size:
+        raise InvalidRequest(
+            f"the picture is {width}x{height} px, too many pixels for model {manifest.name}, "
+            f"which dreams at most {manifest.max_size} px per side: lower max_size",
+            reason="IMAGE_TOO_LARGE",
+            field="max_size",
+        )
+    return start
+
+
+def _max_size(spec: DreamSpec, model: Model) -> int:
+    """The longer side an encoded picture is scaled down to."""
+    limit = model.manifest.max_size
+    if not spec.max_size:  # None or the proto's 0: the default
+        return min(DEFAULT_MAX_SIZE, limit)
+    if spec.max_size < 0:
+        raise InvalidRequest(f"max_size {spec.max_size} is negative: use 0 for the default", field="max_size")
+    if spec.max_size > limit:
+        raise InvalidRequest(
+            f"max_size {spec.max_size} is above model {model.name}'s limit of {limit} px: use at most {limit}",
+            reason="OUT_OF_RANGE",
+            field="max_size",
+        )
+    return spec.max_size

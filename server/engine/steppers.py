@@ -1,0 +1,92 @@
+"""Run a model's fused step graph over one octave: one Run is one whole ascent step.
+
+`HostSteps` feeds numpy arrays (on the CPU the picture lives in host memory
+anyway); `BoundSteps` keeps the picture in device memory for a whole octave
+through IOBinding, so on CUDA a step copies nothing but its shift in and its
+loss out.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from dreamstream.modeldir import CHANNEL_WEIGHTS, IMAGE, IMAGE_OUT, LAYER_WEIGHTS, LOSS, SHIFT, STEP_SIZE
+
+
+class Stepper(Protocol):
+    """Runs the steps of one octave at a time on a 3xHxW picture."""
+
+    def start(self, image: np.ndarray) -> None: ...
+
+    def step(self, shift: np.ndarray) -> float: ...
+
+    def result(self) -> np.ndarray: ...
+
+
+def step_constants(layer_weights: np.ndarray, channel_weights: np.ndarray, step_size: float) -> dict[str, np.ndarray]:
+    """The step graph's inputs that stay the same for a whole dream."""
+    return {
+        LAYER_WEIGHTS: layer_weights,
+        CHANNEL_WEIGHTS: channel_weights,
+        STEP_SIZE: np.array([step_size], np.float32),
+    }
+
+
+class HostSteps:
+    """Feeds numpy arrays: on the CPU the picture lives in host memory anyway."""
+
+    def __init__(self, session: ort.InferenceSession, constants: dict[str, np.ndarray]) -> None:
+        self._session = session
+        self._feeds = dict(constants)
+
+    def start(self, image: np.ndarray) -> None:
+        self._feeds[IMAGE] = np.ascontiguousarray(image[None], np.float32)
+
+    def step(self, shift: np.ndarray) -> float:
+        self._feeds[SHIFT] = shift
+        image, loss = self._session.run([IMAGE_OUT, LOSS], self._feeds)
+        self._feeds[IMAGE] = image
+        return float(loss[0])
+
+    def result(self) -> np.ndarray:
+        return self._feeds[IMAGE][0]
+
+
+class BoundSteps:
+    """Keeps the picture in device memory for a whole octave.
+
+    Two OrtValues of the octave's size take turns as the step's input and output,
+    so a step copies nothing but its shift in and its loss out.
+    """
+
+    def __init__(self, session: ort.InferenceSession, constants: dict[str, np.ndarray], device: str) -> None:
+        self._session = session
+        self._device = device
+        self._binding = session.io_binding()
+        # Bound CPU inputs may be used in place, without a copy: keep them alive.
+        self._constants = constants
+        for name, value in constants.items():
+            self._binding.bind_cpu_input(name, value)
+        self._loss = ort.OrtValue.ortvalue_from_shape_and_type([1], np.float32, "cpu")
+        self._binding.bind_ortvalue_output(LOSS, self._loss)
+        self._image: ort.OrtValue | None = None
+        self._spare: ort.OrtValue | None = None
+
+    def start(self, image: np.ndarray) -> None:
+        batch = np.ascontiguousarray(image[None], np.float32)
+        self._image = ort.OrtValue.ortvalue_from_numpy(batch, self._device, 0)
+        self._spare = ort.OrtValue.ortvalue_from_shape_and_type(batch.shape, np.float32, self._device, 0)
+
+    def step(self, shift: np.ndarray) -> float:
+        self._binding.bind_cpu_input(SHIFT, shift)
+        self._binding.bind_ortvalue_input(IMAGE, self._image)
+        self._binding.bind_ortvalue_output(IMAGE_OUT, self._spare)
+        self._session.run_with_iobinding(self._binding)
+        self._image, self._spare = self._spare, self._image
+        return float(self._loss.numpy()[0])
+
+    def result(self) -> np.ndarray:
+        return self._image.numpy()[0]

@@ -1,0 +1,94 @@
+"""The import directions between the parts, read from the source with ast.
+
+README's "How it is built" table states them; this test keeps them true. A
+module's imports inside functions count too, except where a rule says
+"at module level" (the client may load a part lazily, as the command does).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Folder -> the dreamstream package its modules are.
+PARTS = {
+    "client": "dreamstream.client",
+    "server": "dreamstream.server",
+    "export": "dreamstream.export",
+    "dreamstream": "dreamstream",
+}
+
+
+def imports(path: Path, module_level_only: bool = False) -> set[str]:
+    """Every module `path` imports (absolute names), at module level only if asked."""
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = tree.body if module_level_only else ast.walk(tree)
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def modules_of(folder: str) -> list[Path]:
+    return sorted((REPO / folder).rglob("*.py"))
+
+
+def offending(folder: str, forbidden: tuple[str, ...], module_level_only: bool = False) -> dict[str, list[str]]:
+    """{module path: forbidden imports it has} over every module of `folder`."""
+    found = {}
+    for path in modules_of(folder):
+        bad = sorted(
+            name for name in imports(path, module_level_only) if name.startswith(forbidden) or name in forbidden
+        )
+        if bad:
+            found[str(path.relative_to(REPO))] = bad
+    return found
+
+
+@pytest.mark.parametrize("folder", ["server", "export"])
+def test_server_and_export_never_import_the_client(folder: str) -> None:
+    assert offending(folder, ("dreamstream.client",)) == {}
+
+
+def test_the_client_imports_no_server_or_export_at_module_level() -> None:
+    assert offending("client", ("dreamstream.server", "dreamstream.export"), module_level_only=True) == {}
+
+
+def test_export_and_server_know_nothing_of_each_other() -> None:
+    assert offending("export", ("dreamstream.server",)) == {}
+    assert offending("server", ("dreamstream.export",)) == {}
+
+
+def test_the_engine_knows_nothing_of_grpc() -> None:
+    assert offending("server/engine", ("grpc", "dreamstream.v1")) == {}
+
+
+def test_the_shared_modules_import_no_part() -> None:
+    parts = ("dreamstream.client", "dreamstream.server", "dreamstream.export")
+    shared = {path.name for path in modules_of("dreamstream")} - {"__init__.py", "cli.py"}
+    assert shared == {"cmdline.py", "modeldir.py", "wire.py"}
+    for name in shared:
+        assert not [m for m in imports(REPO / "dreamstream" / name) if m.startswith(parts)], name
+
+
+def test_the_model_directory_contract_needs_only_the_standard_library() -> None:
+    third_party = {name.split(".")[0] for name in imports(REPO / "dreamstream" / "modeldir.py")}
+    assert third_party <= {"__future__", "json", "collections", "dataclasses", "pathlib"}
+
+
+def test_the_command_dispatcher_loads_the_parts_lazily() -> None:
+    parts = ("dreamstream.client", "dreamstream.server", "dreamstream.export")
+    assert not [m for m in imports(REPO / "dreamstream" / "cli.py") if m.startswith(parts)]
+
+
+def test_every_part_folder_is_checked() -> None:
+    # A new top-level folder of code must say where it stands.
+    code_folders = {path.parent.name for path in REPO.glob("*/*.py")} - {"tests", "benchmarks", "proto", "scripts"}
+    assert code_folders <= set(PARTS)
