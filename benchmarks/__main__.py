@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from benchmarks import report, suite
+from dreamstream.cmdline import positive_int
 
 FULL_GROWTH_SIZES = (256, 512, 1024, 2048)
 # --quick: Lite0 alone, small pictures, one repeat: proves the suite runs, measures little.
@@ -77,13 +78,6 @@ def _parts(text: str) -> tuple[str, ...]:
     return parts
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: use 1 or more")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -98,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--repeats",
-        type=_positive,
+        type=positive_int,
         help="processes per side for the whole dreams, and serving rounds (default 5; --quick 1)",
     )
     p.add_argument(
@@ -112,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=_positive,
+        type=positive_int,
         default=os.cpu_count(),
         help="threads on each side: ONNX Runtime intra-op threads and torch.set_num_threads "
         f"(default os.cpu_count(), here {os.cpu_count()})",
@@ -120,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image", type=Path, default=suite.DEFAULT_IMAGE, help=f"the photograph (default {suite.DEFAULT_IMAGE})"
     )
-    p.add_argument("--size", type=_positive, help="longer side of the picture for dreams and serving (default 512)")
+    p.add_argument("--size", type=positive_int, help="longer side of the picture for dreams and serving (default 512)")
     p.add_argument("--seed", type=int, default=0, help="the dream's seed, the same on both sides (default 0)")
     p.add_argument(
         "--bvlc-weights",
@@ -135,8 +129,8 @@ def parser() -> argparse.ArgumentParser:
         + ",".join(map(str, FULL_GROWTH_SIZES))
         + ")",
     )
-    p.add_argument("--growth-steps", type=_positive, help="timed steps per side after one warm-up step (default 5)")
-    p.add_argument("--growth-steps-largest", type=_positive, help="timed steps at the largest side (default 3)")
+    p.add_argument("--growth-steps", type=positive_int, help="timed steps per side after one warm-up step (default 5)")
+    p.add_argument("--growth-steps-largest", type=positive_int, help="timed steps at the largest side (default 3)")
     p.add_argument(
         "--parts",
         type=_parts,

@@ -21,53 +21,22 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
-if TYPE_CHECKING:
-    from dreamstream.client import (
-        AsyncDreamClient,
-        Cancelled,
-        DeadlineExceeded,
-        DreamClient,
-        DreamEvent,
-        DreamOptions,
-        DreamstreamError,
-        Frame,
-        ImageInput,
-        InvalidRequest,
-        LayerInfo,
-        ModelInfo,
-        ModelNotFound,
-        Progress,
-        ServerBusy,
-        ServerUnavailable,
-    )
-
-__all__ = [
-    "AsyncDreamClient",
-    "Cancelled",
-    "DeadlineExceeded",
-    "DreamClient",
-    "DreamEvent",
-    "DreamOptions",
-    "DreamstreamError",
-    "Frame",
-    "ImageInput",
-    "InvalidRequest",
-    "LayerInfo",
-    "ModelInfo",
-    "ModelNotFound",
-    "Progress",
-    "ServerBusy",
-    "ServerUnavailable",
-    "__version__",
-]
-_CLIENT_NAMES = frozenset(__all__) - {"__version__"}
+if TYPE_CHECKING:  # the client's public names, for type checkers and editors
+    from dreamstream.client import *  # noqa: F403
 
 
 def __getattr__(name: str) -> Any:
-    if name in _CLIENT_NAMES:
-        return getattr(importlib.import_module("dreamstream.client"), name)
+    """The client's public names, imported on first use (`from dreamstream import *` too)."""
+    if name != "__all__" and not name[:1].isupper():
+        # Probes for dunders or submodules must not load the client into the server.
+        raise AttributeError(f"module 'dreamstream' has no attribute {name!r}")
+    client = importlib.import_module("dreamstream.client")
+    if name == "__all__":
+        return [*client.__all__, "__version__"]
+    if name in client.__all__:
+        return getattr(client, name)
     raise AttributeError(f"module 'dreamstream' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted([*globals(), *__getattr__("__all__")])
