@@ -8,6 +8,7 @@ module's imports inside functions count too, except where a rule says
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,18 @@ def test_every_part_folder_is_checked() -> None:
     # A new top-level folder of code must say where it stands.
     code_folders = {path.parent.name for path in REPO.glob("*/*.py")} - {"tests", "benchmarks", "proto", "scripts"}
     assert code_folders <= set(PARTS)
+
+
+def test_every_package_folder_is_in_the_wheel() -> None:
+    # The editable install finds sub-packages by path; a wheel (the container image's)
+    # holds only those pyproject.toml lists.
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    folders = {**PARTS, "proto/dreamstream/v1": "dreamstream.v1"}
+    found = set()
+    for folder, package in folders.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(REPO / folder)
+            found.add(".".join([package, *relative.parts]))
+    assert found == listed
+
