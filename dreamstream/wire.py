@@ -23,6 +23,10 @@ CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 
+# The metadata key of a call's request id: the caller may send one, the server returns the one
+# it used in the call's trailing metadata (and in DreamStarted, and in every error's RequestInfo).
+REQUEST_ID_METADATA = "x-request-id"
+
 
 @dataclass(frozen=True)
 class ImageFormat:

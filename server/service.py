@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -30,9 +30,12 @@ from dreamstream.server.engine import (
     Octave,
     Step,
 )
+from dreamstream.server.error_status import error_status
 from dreamstream.server.refusals import Busy, InvalidRequest, NotReady, Refusal, RefusalKind
+from dreamstream.server.request_ids import request_id_of
+from dreamstream.server.running import RunningDreams
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
-from dreamstream.wire import UnknownFormat, format_of_enum
+from dreamstream.wire import REQUEST_ID_METADATA, UnknownFormat, format_of_enum
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,24 @@ def spec_from_request(request: dream_pb2.DreamRequest) -> DreamSpec:
     )
 
 
+def started_message(plan: DreamPlan, request_id: str) -> dream_pb2.DreamResponse:
+    params = plan.params
+    return dream_pb2.DreamResponse(
+        started=dream_pb2.DreamStarted(
+            request_id=request_id,
+            model=plan.model.name,
+            layers=dict(params.layers),
+            octave_sizes=[dream_pb2.ImageSize(width=width, height=height) for height, width in plan.sizes],
+            octave_scale=params.octave_scale,
+            steps_per_octave=params.steps_per_octave,
+            step_size=params.step_size,
+            jitter=params.jitter,
+            seed=params.seed,
+            format=plan.frame_format.enum,
+        )
+    )
+
+
 def progress_message(step: Step) -> dream_pb2.DreamResponse:
     return dream_pb2.DreamResponse(
         progress=dream_pb2.Progress(
@@ -108,11 +129,13 @@ class Admission:
     """At most `running` dreams at once and `waiting` more in line; beyond that, Busy.
 
     A slot is given back only when its worker thread has really stopped, so a
-    cancelled dream's last step still counts against the limit.
+    cancelled dream's last step still counts against the limit. `retry_after` says
+    when a refused caller should come back (None: no estimate).
     """
 
-    def __init__(self, running: int, waiting: int) -> None:
+    def __init__(self, running: int, waiting: int, retry_after: Callable[[], float | None] = lambda: None) -> None:
         self._running = running
+        self._retry_after = retry_after
         self._capacity = running + waiting
         self._semaphore: asyncio.Semaphore | None = None
         self._held = 0  # running plus waiting
@@ -121,7 +144,8 @@ class Admission:
         if self._held >= self._capacity:
             raise Busy(
                 f"the server is busy: {self._running} dream(s) running and "
-                f"{self._capacity - self._running} waiting; retry later"
+                f"{self._capacity - self._running} waiting; retry later",
+                retry_after=self._retry_after(),
             )
         if self._semaphore is None:  # created here, inside the server's event loop
             self._semaphore = asyncio.Semaphore(self._running)
@@ -140,14 +164,25 @@ class Admission:
 _DONE = object()
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
-    """End the call with the status `status_of` gives `error`; failures are logged whole."""
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, request_id: str) -> None:
+    """End the call with the status `status_of` gives `error`, its details attached; failures are
+    logged whole."""
     code = status_of(error)
     if code == grpc.StatusCode.INTERNAL:
         log.error("dream failed", exc_info=error)
-        await context.abort(code, f"the dream failed: {error}")
-    log.info("refused (%s): %s", code.name, error)
-    await context.abort(code, str(error))
+        message = f"the dream failed: {error}"
+    else:
+        log.info("refused (%s): %s", code.name, error)
+        message = str(error)
+    status = error_status(code, message, error, request_id)
+    await context.abort(status.code, status.details, (*status.trailing_metadata, (REQUEST_ID_METADATA, request_id)))
+
+
+def _call_request_id(context: grpc.aio.ServicerContext) -> str:
+    """The call's request id (see request_ids), also returned in its trailing metadata."""
+    request_id = request_id_of(context.invocation_metadata())
+    context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
+    return request_id
 
 
 class DreamService(dream_pb2_grpc.DreamServiceServicer):
@@ -155,7 +190,8 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
 
     def __init__(self, engine: DreamEngine, *, max_concurrent: int = 1, max_queue: int = 4) -> None:
         self._engine = engine
-        self._admission = Admission(max_concurrent, max_queue)
+        self._running = RunningDreams()
+        self._admission = Admission(max_concurrent, max_queue, self._running.seconds_until_one_ends)
         self._dreamers = ThreadPoolExecutor(max_concurrent, thread_name_prefix="dream")
         self._imaging = ThreadPoolExecutor(2, thread_name_prefix="imaging")
 
@@ -168,7 +204,8 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
     ) -> dream_pb2.ListModelsResponse:
         models = self._engine.models
         if not models.loaded:
-            await _abort(context, NotReady("the server is still loading its models; retry in a moment"))
+            request_id = _call_request_id(context)
+            await _abort(context, NotReady("the server is still loading its models; retry in a moment"), request_id)
         return dream_pb2.ListModelsResponse(
             models=[
                 dream_pb2.Model(
@@ -190,17 +227,19 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
     async def Dream(
         self, request: dream_pb2.DreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dream_pb2.DreamResponse]:
+        request_id = _call_request_id(context)
         try:
             if not self._engine.models.loaded:
                 raise NotReady("the server is still loading its models; retry in a moment")
             plan = self._engine.plan(spec_from_request(request))
-            async for response in self._stream(plan):
+            async for response in self._stream(plan, request_id):
                 yield response
         except Exception as error:
-            await _abort(context, error)
+            await _abort(context, error, request_id)
 
-    async def _stream(self, plan: DreamPlan) -> AsyncIterator[dream_pb2.DreamResponse]:
-        """Run `plan` in a worker thread and turn its events into responses, in order."""
+    async def _stream(self, plan: DreamPlan, request_id: str) -> AsyncIterator[dream_pb2.DreamResponse]:
+        """Run `plan` in a worker thread and turn its events into responses, in order: the
+        DreamStarted first, once the dream has its slot."""
         await self._admission.acquire()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[object] = asyncio.Queue()
@@ -244,11 +283,14 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
             self._admission.release()
             raise
         worker.add_done_callback(lambda _: self._admission.release())
+        running = self._running.started()
         try:
+            yield started_message(plan, request_id)
             while (item := await events.get()) is not _DONE:
                 if isinstance(item, Exception):
                     raise item
                 if isinstance(item, Step):
+                    self._running.stepped(running, item)
                     yield progress_message(item)
                 else:
                     octave, encoded = item
@@ -258,3 +300,4 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
             # The client went away, its deadline passed, or the dream ended: in every case
             # the worker stops before its next step.
             cancel.set()
+            self._running.ended(running)

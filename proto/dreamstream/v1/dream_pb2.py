@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64reamstream/v1/dream.proto\x12\x0e\x64reamstream.v1\"\xf5\x02\n\x0c\x44reamRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x38\n\x06layers\x18\x03 \x03(\x0b\x32(.dreamstream.v1.DreamRequest.LayersEntry\x12\x0f\n\x07octaves\x18\x04 \x01(\x05\x12\x14\n\x0coctave_scale\x18\x05 \x01(\x02\x12\x18\n\x10steps_per_octave\x18\x06 \x01(\x05\x12\x11\n\tstep_size\x18\x07 \x01(\x02\x12\x13\n\x06jitter\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x10\n\x08max_size\x18\n \x01(\x05\x12\r\n\x05width\x18\x0b \x01(\x05\x12\x0e\n\x06height\x18\x0c \x01(\x05\x12+\n\x06\x66ormat\x18\r \x01(\x0e\x32\x1b.dreamstream.v1.ImageFormat\x1a-\n\x0bLayersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\t\n\x07_jitter\"\x88\x01\n\x08Progress\x12\x0e\n\x06octave\x18\x01 \x01(\x05\x12\x0f\n\x07octaves\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\x18\n\x10steps_per_octave\x18\x04 \x01(\x05\x12\x0c\n\x04loss\x18\x05 \x01(\x02\x12\x17\n\x0f\x65lapsed_seconds\x18\x06 \x01(\x01\x12\x0c\n\x04\x64one\x18\x07 \x01(\x02\"\x92\x01\n\x05\x46rame\x12\x0e\n\x06octave\x18\x01 \x01(\x05\x12\x0f\n\x07octaves\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\r\n\x05image\x18\x05 \x01(\x0c\x12+\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x1b.dreamstream.v1.ImageFormat\x12\r\n\x05\x66inal\x18\x07 \x01(\x08\"n\n\rDreamResponse\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.dreamstream.v1.ProgressH\x00\x12&\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x15.dreamstream.v1.FrameH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"7\n\x05Layer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63hannels\x18\x02 \x01(\x05\x12\x0e\n\x06stride\x18\x03 \x01(\x05\"\xea\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x02 \x01(\t\x12%\n\x06layers\x18\x03 \x03(\x0b\x32\x15.dreamstream.v1.Layer\x12@\n\x0e\x64\x65\x66\x61ult_layers\x18\x04 \x03(\x0b\x32(.dreamstream.v1.Model.DefaultLayersEntry\x12\x10\n\x08min_size\x18\x05 \x01(\x05\x12\x10\n\x08max_size\x18\x06 \x01(\x05\x1a\x34\n\x12\x44\x65\x66\x61ultLayersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"R\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.dreamstream.v1.Model\x12\x15\n\rdefault_model\x18\x02 \x01(\t*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03\x32\xab\x01\n\x0c\x44reamService\x12\x46\n\x05\x44ream\x12\x1c.dreamstream.v1.DreamRequest\x1a\x1d.dreamstream.v1.DreamResponse0\x01\x12S\n\nListModels\x12!.dreamstream.v1.ListModelsRequest\x1a\".dreamstream.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64reamstream/v1/dream.proto\x12\x0e\x64reamstream.v1\"\xf5\x02\n\x0c\x44reamRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x38\n\x06layers\x18\x03 \x03(\x0b\x32(.dreamstream.v1.DreamRequest.LayersEntry\x12\x0f\n\x07octaves\x18\x04 \x01(\x05\x12\x14\n\x0coctave_scale\x18\x05 \x01(\x02\x12\x18\n\x10steps_per_octave\x18\x06 \x01(\x05\x12\x11\n\tstep_size\x18\x07 \x01(\x02\x12\x13\n\x06jitter\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x10\n\x08max_size\x18\n \x01(\x05\x12\r\n\x05width\x18\x0b \x01(\x05\x12\x0e\n\x06height\x18\x0c \x01(\x05\x12+\n\x06\x66ormat\x18\r \x01(\x0e\x32\x1b.dreamstream.v1.ImageFormat\x1a-\n\x0bLayersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\t\n\x07_jitter\"\x88\x01\n\x08Progress\x12\x0e\n\x06octave\x18\x01 \x01(\x05\x12\x0f\n\x07octaves\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\x18\n\x10steps_per_octave\x18\x04 \x01(\x05\x12\x0c\n\x04loss\x18\x05 \x01(\x02\x12\x17\n\x0f\x65lapsed_seconds\x18\x06 \x01(\x01\x12\x0c\n\x04\x64one\x18\x07 \x01(\x02\"\x92\x01\n\x05\x46rame\x12\x0e\n\x06octave\x18\x01 \x01(\x05\x12\x0f\n\x07octaves\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\r\n\x05image\x18\x05 \x01(\x0c\x12+\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x1b.dreamstream.v1.ImageFormat\x12\r\n\x05\x66inal\x18\x07 \x01(\x08\"*\n\tImageSize\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\"\xd9\x02\n\x0c\x44reamStarted\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x38\n\x06layers\x18\x03 \x03(\x0b\x32(.dreamstream.v1.DreamStarted.LayersEntry\x12/\n\x0coctave_sizes\x18\x04 \x03(\x0b\x32\x19.dreamstream.v1.ImageSize\x12\x14\n\x0coctave_scale\x18\x05 \x01(\x02\x12\x18\n\x10steps_per_octave\x18\x06 \x01(\x05\x12\x11\n\tstep_size\x18\x07 \x01(\x02\x12\x0e\n\x06jitter\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x03\x12+\n\x06\x66ormat\x18\n \x01(\x0e\x32\x1b.dreamstream.v1.ImageFormat\x1a-\n\x0bLayersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x9f\x01\n\rDreamResponse\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.dreamstream.v1.ProgressH\x00\x12&\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x15.dreamstream.v1.FrameH\x00\x12/\n\x07started\x18\x03 \x01(\x0b\x32\x1c.dreamstream.v1.DreamStartedH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"7\n\x05Layer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63hannels\x18\x02 \x01(\x05\x12\x0e\n\x06stride\x18\x03 \x01(\x05\"\xea\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x02 \x01(\t\x12%\n\x06layers\x18\x03 \x03(\x0b\x32\x15.dreamstream.v1.Layer\x12@\n\x0e\x64\x65\x66\x61ult_layers\x18\x04 \x03(\x0b\x32(.dreamstream.v1.Model.DefaultLayersEntry\x12\x10\n\x08min_size\x18\x05 \x01(\x05\x12\x10\n\x08max_size\x18\x06 \x01(\x05\x1a\x34\n\x12\x44\x65\x66\x61ultLayersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"R\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.dreamstream.v1.Model\x12\x15\n\rdefault_model\x18\x02 \x01(\t*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03\x32\xab\x01\n\x0c\x44reamService\x12\x46\n\x05\x44ream\x12\x1c.dreamstream.v1.DreamRequest\x1a\x1d.dreamstream.v1.DreamResponse0\x01\x12S\n\nListModels\x12!.dreamstream.v1.ListModelsRequest\x1a\".dreamstream.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DREAMREQUEST_LAYERSENTRY']._loaded_options = None
   _globals['_DREAMREQUEST_LAYERSENTRY']._serialized_options = b'8\001'
+  _globals['_DREAMSTARTED_LAYERSENTRY']._loaded_options = None
+  _globals['_DREAMSTARTED_LAYERSENTRY']._serialized_options = b'8\001'
   _globals['_MODEL_DEFAULTLAYERSENTRY']._loaded_options = None
   _globals['_MODEL_DEFAULTLAYERSENTRY']._serialized_options = b'8\001'
-  _globals['_IMAGEFORMAT']._serialized_start=1221
-  _globals['_IMAGEFORMAT']._serialized_end=1332
+  _globals['_IMAGEFORMAT']._serialized_start=1663
+  _globals['_IMAGEFORMAT']._serialized_end=1774
   _globals['_DREAMREQUEST']._serialized_start=47
   _globals['_DREAMREQUEST']._serialized_end=420
   _globals['_DREAMREQUEST_LAYERSENTRY']._serialized_start=364
@@ -45,18 +47,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROGRESS']._serialized_end=559
   _globals['_FRAME']._serialized_start=562
   _globals['_FRAME']._serialized_end=708
-  _globals['_DREAMRESPONSE']._serialized_start=710
-  _globals['_DREAMRESPONSE']._serialized_end=820
-  _globals['_LISTMODELSREQUEST']._serialized_start=822
-  _globals['_LISTMODELSREQUEST']._serialized_end=841
-  _globals['_LAYER']._serialized_start=843
-  _globals['_LAYER']._serialized_end=898
-  _globals['_MODEL']._serialized_start=901
-  _globals['_MODEL']._serialized_end=1135
-  _globals['_MODEL_DEFAULTLAYERSENTRY']._serialized_start=1083
-  _globals['_MODEL_DEFAULTLAYERSENTRY']._serialized_end=1135
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1137
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1219
-  _globals['_DREAMSERVICE']._serialized_start=1335
-  _globals['_DREAMSERVICE']._serialized_end=1506
+  _globals['_IMAGESIZE']._serialized_start=710
+  _globals['_IMAGESIZE']._serialized_end=752
+  _globals['_DREAMSTARTED']._serialized_start=755
+  _globals['_DREAMSTARTED']._serialized_end=1100
+  _globals['_DREAMSTARTED_LAYERSENTRY']._serialized_start=364
+  _globals['_DREAMSTARTED_LAYERSENTRY']._serialized_end=409
+  _globals['_DREAMRESPONSE']._serialized_start=1103
+  _globals['_DREAMRESPONSE']._serialized_end=1262
+  _globals['_LISTMODELSREQUEST']._serialized_start=1264
+  _globals['_LISTMODELSREQUEST']._serialized_end=1283
+  _globals['_LAYER']._serialized_start=1285
+  _globals['_LAYER']._serialized_end=1340
+  _globals['_MODEL']._serialized_start=1343
+  _globals['_MODEL']._serialized_end=1577
+  _globals['_MODEL_DEFAULTLAYERSENTRY']._serialized_start=1525
+  _globals['_MODEL_DEFAULTLAYERSENTRY']._serialized_end=1577
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1579
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1661
+  _globals['_DREAMSERVICE']._serialized_start=1777
+  _globals['_DREAMSERVICE']._serialized_end=1948
 # @@protoc_insertion_point(module_scope)

@@ -91,13 +91,54 @@ class Frame(_message.Message):
     final: bool
     def __init__(self, octave: _Optional[int] = ..., octaves: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., image: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., final: _Optional[bool] = ...) -> None: ...
 
+class ImageSize(_message.Message):
+    __slots__ = ("width", "height")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class DreamStarted(_message.Message):
+    __slots__ = ("request_id", "model", "layers", "octave_sizes", "octave_scale", "steps_per_octave", "step_size", "jitter", "seed", "format")
+    class LayersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    OCTAVE_SIZES_FIELD_NUMBER: _ClassVar[int]
+    OCTAVE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_OCTAVE_FIELD_NUMBER: _ClassVar[int]
+    STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    layers: _containers.ScalarMap[str, float]
+    octave_sizes: _containers.RepeatedCompositeFieldContainer[ImageSize]
+    octave_scale: float
+    steps_per_octave: int
+    step_size: float
+    jitter: int
+    seed: int
+    format: ImageFormat
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Mapping[str, float]] = ..., octave_sizes: _Optional[_Iterable[_Union[ImageSize, _Mapping]]] = ..., octave_scale: _Optional[float] = ..., steps_per_octave: _Optional[int] = ..., step_size: _Optional[float] = ..., jitter: _Optional[int] = ..., seed: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+
 class DreamResponse(_message.Message):
-    __slots__ = ("progress", "frame")
+    __slots__ = ("progress", "frame", "started")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
     progress: Progress
     frame: Frame
-    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ...) -> None: ...
+    started: DreamStarted
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ..., started: _Optional[_Union[DreamStarted, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

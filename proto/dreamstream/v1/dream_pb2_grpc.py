@@ -56,11 +56,16 @@ class DreamServiceServicer:
         the result octave by octave. The stream holds, in order, for each octave:
         one Progress per step, then one Frame; the last Frame has final = true.
 
+        The first message of the stream is a DreamStarted: what the server made
+        of the request (model, layers, octave sizes, seed, request id), sent when
+        the dream gets its slot (after any wait in the server's queue).
+
         Errors: INVALID_ARGUMENT for an image that cannot be decoded, an unknown
         layer, a parameter out of range or too many pixels; NOT_FOUND for an
         unknown model; RESOURCE_EXHAUSTED when the server's queue is full;
         UNAVAILABLE while the server is still loading its models. The message
-        says what to change.
+        says what to change; the details (see the top of this file) say it to
+        programs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
