@@ -13,12 +13,13 @@ from dreamstream.client.errors import (
     Cancelled,
     DeadlineExceeded,
     DreamstreamError,
+    FieldViolation,
     InvalidRequest,
     ModelNotFound,
     ServerBusy,
     ServerUnavailable,
 )
-from dreamstream.client.events import DreamEvent, Frame, LayerInfo, ModelInfo, Progress
+from dreamstream.client.events import DreamEvent, Frame, LayerInfo, ModelInfo, Progress, Started
 
 __all__ = [
     "AsyncDreamClient",
@@ -28,6 +29,7 @@ __all__ = [
     "DreamEvent",
     "DreamOptions",
     "DreamstreamError",
+    "FieldViolation",
     "Frame",
     "ImageInput",
     "InvalidRequest",
@@ -37,4 +39,5 @@ __all__ = [
     "Progress",
     "ServerBusy",
     "ServerUnavailable",
+    "Started",
 ]

@@ -177,6 +177,7 @@ def run_dream(args: argparse.Namespace) -> int:
                 if isinstance(event, Progress):
                     if bar:
                         bar.update(event)
+                if not isinstance(event, Frame):
                     continue
                 frames.append(event)
                 saved = None

@@ -7,8 +7,11 @@ Both build requests with `build_request` and turn responses into the events of
 
 from __future__ import annotations
 
+import asyncio
 import io
+import itertools
 import os
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TypedDict, Unpack
 
@@ -23,8 +26,9 @@ from dreamstream.client.events import (
     event_from_response,
     models_from_response,
 )
+from dreamstream.client.retries import RetryListener, RetryPolicy
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
-from dreamstream.wire import CHANNEL_OPTIONS, DEFAULT_TARGET, format_named
+from dreamstream.wire import CHANNEL_OPTIONS, DEFAULT_TARGET, REQUEST_ID_METADATA, format_named
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 """A picture to dream on: a file path, encoded bytes, a Pillow image, or an HxW[x3|x4] array
@@ -100,14 +104,24 @@ def build_request(image: ImageInput | None, options: DreamOptions) -> dream_pb2.
     return request
 
 
+def _metadata(request_id: str | None) -> tuple[tuple[str, str], ...]:
+    """The call's metadata: the caller's request id, which the server then uses in its logs."""
+    return ((REQUEST_ID_METADATA, request_id),) if request_id else ()
+
+
 class DreamClient:
     """A blocking client of a dreamstream server at `target` ("host:port").
 
-    Use it as a context manager, or call `close()`.
+    A call the server refuses for now (queue full, still loading) is tried again up to
+    `retries` times, after the delay the server asks for (RetryInfo); `on_retry(error,
+    seconds)` hears of each retry. Use it as a context manager, or call `close()`.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET) -> None:
+    def __init__(
+        self, target: str = DEFAULT_TARGET, *, retries: int = 0, on_retry: RetryListener | None = None
+    ) -> None:
         self.target = target
+        self._retry = RetryPolicy(retries, on_retry)
         self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = dream_pb2_grpc.DreamServiceStub(self._channel)
 
@@ -116,33 +130,49 @@ class DreamClient:
         image: ImageInput | None = None,
         *,
         timeout: float | None = None,
+        request_id: str | None = None,
         **options: Unpack[DreamOptions],
     ) -> Iterator[DreamEvent]:
-        """Dream on `image` and yield Progress and Frame events as the server sends them.
+        """Dream on `image` and yield the Started event, then Progress and Frame events as the
+        server sends them.
 
         The request is built at once (a missing file raises here); the call starts on
         the first `next()`. Stopping the iteration early cancels the dream on the server.
+        `request_id` (sent as `x-request-id`) names the dream in the server's logs; the
+        server makes one up otherwise. `timeout` applies to each try.
         Raises a DreamstreamError subclass when the server refuses or fails.
         """
-        return self._events(build_request(image, options), timeout)
+        return self._events(build_request(image, options), timeout, _metadata(request_id))
 
-    def _events(self, request: dream_pb2.DreamRequest, timeout: float | None) -> Iterator[DreamEvent]:
-        call = self._stub.Dream(request, timeout=timeout)
-        try:
-            for response in call:
-                yield event_from_response(response)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error, self.target) from None
-        finally:
-            call.cancel()  # a no-op once the stream has ended
+    def _events(
+        self, request: dream_pb2.DreamRequest, timeout: float | None, metadata: tuple[tuple[str, str], ...]
+    ) -> Iterator[DreamEvent]:
+        for attempt in itertools.count():
+            call = self._stub.Dream(request, timeout=timeout, metadata=metadata)
+            started = False
+            try:
+                for response in call:
+                    if (event := event_from_response(response)) is not None:
+                        started = True
+                        yield event
+                return
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error, self.target)
+                delay = self._retry.delay_or_raise(error, attempt, started=started)
+            finally:
+                call.cancel()  # a no-op once the stream has ended
+            time.sleep(delay)
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server can dream with."""
-        try:
-            response = self._stub.ListModels(dream_pb2.ListModelsRequest(), timeout=timeout)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error, self.target) from None
-        return models_from_response(response)
+        attempt = 0
+        while True:
+            try:
+                return models_from_response(self._stub.ListModels(dream_pb2.ListModelsRequest(), timeout=timeout))
+            except grpc.RpcError as rpc_error:
+                delay = self._retry.delay_or_raise(from_rpc_error(rpc_error, self.target), attempt)
+            time.sleep(delay)
+            attempt += 1
 
     def close(self) -> None:
         self._channel.close()
@@ -157,8 +187,11 @@ class DreamClient:
 class AsyncDreamClient:
     """The asyncio twin of DreamClient: `dream()` is an async iterator, `models()` a coroutine."""
 
-    def __init__(self, target: str = DEFAULT_TARGET) -> None:
+    def __init__(
+        self, target: str = DEFAULT_TARGET, *, retries: int = 0, on_retry: RetryListener | None = None
+    ) -> None:
         self.target = target
+        self._retry = RetryPolicy(retries, on_retry)
         self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = dream_pb2_grpc.DreamServiceStub(self._channel)
 
@@ -167,28 +200,42 @@ class AsyncDreamClient:
         image: ImageInput | None = None,
         *,
         timeout: float | None = None,
+        request_id: str | None = None,
         **options: Unpack[DreamOptions],
     ) -> AsyncIterator[DreamEvent]:
-        """Dream on `image`; `async for` the Progress and Frame events. See DreamClient.dream."""
-        return self._events(build_request(image, options), timeout)
+        """Dream on `image`; `async for` the Started, Progress and Frame events. See DreamClient.dream."""
+        return self._events(build_request(image, options), timeout, _metadata(request_id))
 
-    async def _events(self, request: dream_pb2.DreamRequest, timeout: float | None) -> AsyncIterator[DreamEvent]:
-        call = self._stub.Dream(request, timeout=timeout)
-        try:
-            async for response in call:
-                yield event_from_response(response)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error, self.target) from None
-        finally:
-            call.cancel()
+    async def _events(
+        self, request: dream_pb2.DreamRequest, timeout: float | None, metadata: tuple[tuple[str, str], ...]
+    ) -> AsyncIterator[DreamEvent]:
+        for attempt in itertools.count():
+            call = self._stub.Dream(request, timeout=timeout, metadata=metadata)
+            started = False
+            try:
+                async for response in call:
+                    if (event := event_from_response(response)) is not None:
+                        started = True
+                        yield event
+                return
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error, self.target)
+                delay = self._retry.delay_or_raise(error, attempt, started=started)
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server can dream with."""
-        try:
-            response = await self._stub.ListModels(dream_pb2.ListModelsRequest(), timeout=timeout)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error, self.target) from None
-        return models_from_response(response)
+        attempt = 0
+        while True:
+            try:
+                response = await self._stub.ListModels(dream_pb2.ListModelsRequest(), timeout=timeout)
+                return models_from_response(response)
+            except grpc.RpcError as rpc_error:
+                delay = self._retry.delay_or_raise(from_rpc_error(rpc_error, self.target), attempt)
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def close(self) -> None:
         await self._channel.close()

@@ -13,6 +13,25 @@ from dreamstream.wire import format_named, format_of_enum
 
 
 @dataclass(frozen=True)
+class Started:
+    """The first event of a dream: what the server made of the request, every default resolved.
+
+    Sending these values back with the same picture dreams the same picture on the same device.
+    """
+
+    request_id: str  # the dream's id in the server's logs
+    model: str
+    layers: dict[str, float]  # layer name -> weight in effect
+    octave_sizes: tuple[tuple[int, int], ...]  # (width, height) of each octave, smallest first
+    octave_scale: float
+    steps_per_octave: int
+    step_size: float
+    jitter: int
+    seed: int
+    format: str  # of the frames: "png", "jpeg" or "webp"
+
+
+@dataclass(frozen=True)
 class Progress:
     """One ascent step done on the server. Octaves and steps count from 1."""
 
@@ -62,7 +81,7 @@ class Frame:
         return path
 
 
-DreamEvent = Progress | Frame
+DreamEvent = Started | Progress | Frame
 
 
 @dataclass(frozen=True)
@@ -85,8 +104,25 @@ class ModelInfo:
     default: bool  # the model used when a dream names none
 
 
-def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent:
-    if response.WhichOneof("event") == "frame":
+def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent | None:
+    """The event a response holds; None for an event this client does not know (from a newer
+    server), which the clients skip."""
+    kind = response.WhichOneof("event")
+    if kind == "started":
+        started = response.started
+        return Started(
+            request_id=started.request_id,
+            model=started.model,
+            layers=dict(started.layers),
+            octave_sizes=tuple((size.width, size.height) for size in started.octave_sizes),
+            octave_scale=started.octave_scale,
+            steps_per_octave=started.steps_per_octave,
+            step_size=started.step_size,
+            jitter=started.jitter,
+            seed=started.seed,
+            format=format_of_enum(started.format).name,
+        )
+    if kind == "frame":
         frame = response.frame
         return Frame(
             octave=frame.octave,
@@ -97,6 +133,8 @@ def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent:
             format=format_of_enum(frame.format).name,
             final=frame.final,
         )
+    if kind != "progress":
+        return None
     progress = response.progress
     return Progress(
         octave=progress.octave,

@@ -28,6 +28,7 @@ from dreamstream.client import (
     Progress,
     ServerBusy,
     ServerUnavailable,
+    Started,
 )
 from dreamstream.client.errors import DeadlineExceeded, DreamstreamError
 from dreamstream.server.models import DEFAULT_MODEL, ModelRepository
@@ -39,11 +40,11 @@ def frames_of(events: list) -> list[Frame]:
     return [event for event in events if isinstance(event, Frame)]
 
 
-def test_the_stream_is_each_octaves_steps_then_its_frame(client: DreamClient, coffee: Path) -> None:
+def test_the_stream_is_started_then_each_octaves_steps_then_its_frame(client: DreamClient, coffee: Path) -> None:
     events = list(client.dream(coffee, max_size=96, octaves=3, steps_per_octave=2))
 
-    kinds = ["progress" if isinstance(e, Progress) else "frame" for e in events]
-    assert kinds == ["progress", "progress", "frame"] * 3
+    kinds = [type(event).__name__ for event in events]
+    assert kinds == ["Started"] + ["Progress", "Progress", "Frame"] * 3
     frames = frames_of(events)
     assert [frame.octave for frame in frames] == [1, 2, 3]
     assert [frame.final for frame in frames] == [False, False, True]
@@ -177,6 +178,7 @@ def test_a_dream_that_fails_on_the_server_is_internal_and_the_next_is_served(
         with pytest.raises(DreamstreamError, match="the dream failed") as raised:
             list(client.dream(coffee, layers={"block2": 1.0}, **SMALL))
         assert raised.value.code == grpc.StatusCode.INTERNAL
+        assert raised.value.reason == "DREAM_FAILED" and raised.value.request_id
         assert frames_of(list(client.dream(coffee, **SMALL)))[-1].final
 
 
@@ -185,6 +187,7 @@ def test_a_cancelled_dream_stops_within_a_step_and_the_next_is_served_at_once(
 ) -> None:
     engine = server.server.engine
     events = client.dream(coffee, max_size=64, octaves=1, steps_per_octave=1000)
+    assert isinstance(next(events), Started)
     for _ in range(3):
         assert isinstance(next(events), Progress)
     events.close()  # leaving the stream cancels the call
@@ -197,7 +200,7 @@ def test_a_cancelled_dream_stops_within_a_step_and_the_next_is_served_at_once(
 
     started = time.monotonic()
     first = next(client.dream(coffee, **SMALL))
-    assert isinstance(first, Progress)
+    assert isinstance(first, Started)  # sent once the dream has its slot
     assert time.monotonic() - started < 5
 
 
@@ -232,7 +235,7 @@ def test_beyond_the_running_dreams_and_the_queue_the_server_is_busy(start_server
     tight = start_server(repository, max_concurrent=1, max_queue=0)
     with DreamClient(tight.target) as first, DreamClient(tight.target) as second:
         running = first.dream(coffee, max_size=64, octaves=1, steps_per_octave=1000)
-        assert isinstance(next(running), Progress)
+        assert isinstance(next(running), Started)  # it holds the one slot
         with pytest.raises(ServerBusy, match="busy"):
             list(second.dream(coffee, **SMALL))
         running.close()
