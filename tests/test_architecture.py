@@ -107,4 +107,3 @@ def test_every_package_folder_is_in_the_wheel() -> None:
             relative = init.parent.relative_to(REPO / folder)
             found.add(".".join([package, *relative.parts]))
     assert found == listed
-
