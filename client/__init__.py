@@ -16,8 +16,10 @@ from dreamstream.client.errors import (
     FieldViolation,
     InvalidRequest,
     ModelNotFound,
+    ModelUnavailable,
     ServerBusy,
     ServerUnavailable,
+    Unauthenticated,
 )
 from dreamstream.client.events import DreamEvent, Frame, LayerInfo, ModelInfo, Progress, Started
 
@@ -36,8 +38,10 @@ __all__ = [
     "LayerInfo",
     "ModelInfo",
     "ModelNotFound",
+    "ModelUnavailable",
     "Progress",
     "ServerBusy",
     "ServerUnavailable",
     "Started",
+    "Unauthenticated",
 ]

@@ -16,20 +16,32 @@ from pathlib import Path
 import grpc
 
 from dreamstream.client.client import DreamClient, DreamOptions
+from dreamstream.client.connection import TOKEN_ENV, ConnectionSettingsError
 from dreamstream.client.errors import DreamstreamError
 from dreamstream.client.events import Frame, Progress
 from dreamstream.client.progress import ProgressBar
-from dreamstream.cmdline import EXIT_FAILED, EXIT_USAGE, CommandError, layer_table, positive_int
+from dreamstream.cmdline import (
+    EXIT_FAILED,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    CommandError,
+    layer_table,
+    positive_int,
+)
 from dreamstream.wire import DEFAULT_TARGET, UnknownFormat, format_of_suffix
 
-# Statuses that say the user has something to change; others are the server's fault.
-_USER_STATUSES = {
+# Statuses that say the request must change (exit EXIT_REFUSED) and those that say
+# no answer came (EXIT_UNREACHABLE: retry, maybe elsewhere); others are the server's fault.
+_REFUSED_STATUSES = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
 }
+_UNREACHABLE_STATUSES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _GIF_FRAME_MS = 600
 _GIF_LAST_FRAME_MS = 2000
 
@@ -53,11 +65,20 @@ def _reports_server_errors(command: Callable[[argparse.Namespace], int]) -> Call
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
+        except ConnectionSettingsError as error:
+            raise CommandError(str(error)) from None
         except DreamstreamError as error:
-            exit_code = EXIT_USAGE if error.code in _USER_STATUSES else EXIT_FAILED
-            raise CommandError(str(error), exit_code=exit_code, prefix="") from None
+            raise CommandError(str(error), exit_code=_exit_code(error.code), prefix="") from None
 
     return run
+
+
+def _exit_code(code: grpc.StatusCode) -> int:
+    if code in _REFUSED_STATUSES:
+        return EXIT_REFUSED
+    if code in _UNREACHABLE_STATUSES:
+        return EXIT_UNREACHABLE
+    return EXIT_FAILED
 
 
 def _server_argument(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +87,27 @@ def _server_argument(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("DREAMSTREAM_SERVER", DEFAULT_TARGET),
         metavar="HOST:PORT",
         help=f"the dreamstream server (default: $DREAMSTREAM_SERVER or {DEFAULT_TARGET})",
+    )
+    parser.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
+    parser.add_argument("--ca-file", type=Path, metavar="PEM", help="connect with TLS, trusting this CA")
+    parser.add_argument("--cert-file", type=Path, metavar="PEM", help="client certificate, for mutual TLS")
+    parser.add_argument("--key-file", type=Path, metavar="PEM", help="key of --cert-file")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"send the token in FILE (its first line) as a bearer token (default: ${TOKEN_ENV})",
+    )
+
+
+def _client(args: argparse.Namespace) -> DreamClient:
+    return DreamClient(
+        args.server,
+        tls=args.tls,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        token_file=args.token_file,
     )
 
 
@@ -166,13 +208,12 @@ def run_dream(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.input} is not a file")
     else:
         image = args.input
-    if args.save_octaves:
-        args.save_octaves.mkdir(parents=True, exist_ok=True)
+    _check_outputs(args)
 
     bar = ProgressBar() if not args.quiet else None
     frames: list[Frame] = []
     try:
-        with DreamClient(args.server) as client:
+        with _client(args) as client:
             for event in client.dream(image, timeout=args.timeout, **options):
                 if isinstance(event, Progress):
                     if bar:
@@ -197,6 +238,29 @@ def run_dream(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {args.output} ({final.width}x{final.height})", file=sys.stderr)
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every place the dream will be written to is writable, checked before the dream costs anything."""
+    if args.gif is not None and args.gif.suffix.lower() != ".gif":
+        raise CommandError(f"--gif {args.gif}: name it .gif")
+    for flag, path in (("-o", args.output), ("--gif", args.gif)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise CommandError(f"{flag} {path} is a folder: give a file name")
+        folder = path.parent
+        if not folder.is_dir():
+            raise CommandError(f"{flag} {path}: folder {folder} does not exist: create it first")
+        if not os.access(folder, os.W_OK):
+            raise CommandError(f"{flag} {path}: folder {folder} is not writable")
+    if args.save_octaves:
+        try:
+            args.save_octaves.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CommandError(f"--save-octaves {args.save_octaves}: cannot create it ({error.strerror})") from None
+        if not os.access(args.save_octaves, os.W_OK):
+            raise CommandError(f"--save-octaves {args.save_octaves} is not writable")
 
 
 def _dream_options(args: argparse.Namespace, fmt: str) -> DreamOptions:
@@ -234,7 +298,7 @@ def write_gif(frames: list[Frame], path: Path) -> None:
 
 @_reports_server_errors
 def run_models(args: argparse.Namespace) -> int:
-    with DreamClient(args.server) as client:
+    with _client(args) as client:
         models = client.models()
     for model in models:
         default = " (default)" if model.default else ""

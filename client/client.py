@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from dreamstream.client.connection import Connection
 from dreamstream.client.errors import from_rpc_error
 from dreamstream.client.events import (
     DreamEvent,
@@ -56,6 +57,17 @@ class DreamOptions(TypedDict, total=False):
 
 
 DREAM_OPTIONS = tuple(DreamOptions.__annotations__)
+
+
+class ConnectionOptions(TypedDict, total=False):
+    """How to reach the server: the fields of `Connection`."""
+
+    tls: bool
+    ca_file: str | os.PathLike[str]
+    cert_file: str | os.PathLike[str]
+    key_file: str | os.PathLike[str]
+    token: str
+    token_file: str | os.PathLike[str]
 
 
 def image_bytes(image: ImageInput) -> bytes:
@@ -114,15 +126,28 @@ class DreamClient:
 
     A call the server refuses for now (queue full, still loading) is tried again up to
     `retries` times, after the delay the server asks for (RetryInfo); `on_retry(error,
-    seconds)` hears of each retry. Use it as a context manager, or call `close()`.
+    seconds)` hears of each retry. TLS and the token are set by keyword (see `Connection`):
+    `ca_file=` (or `tls=True` for the system's CAs), `cert_file=` and `key_file=` for mutual
+    TLS, `token=` or `token_file=` (default: $DREAMSTREAM_TOKEN). Use it as a context
+    manager, or call `close()`.
     """
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, *, retries: int = 0, on_retry: RetryListener | None = None
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        retries: int = 0,
+        on_retry: RetryListener | None = None,
+        **connection: Unpack[ConnectionOptions],
     ) -> None:
         self.target = target
         self._retry = RetryPolicy(retries, on_retry)
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        settings = Connection(**connection)
+        self._auth = settings.metadata()
+        if settings.uses_tls:
+            self._channel = grpc.secure_channel(target, settings.credentials(), options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = dream_pb2_grpc.DreamServiceStub(self._channel)
 
     def dream(
@@ -142,7 +167,7 @@ class DreamClient:
         server makes one up otherwise. `timeout` applies to each try.
         Raises a DreamstreamError subclass when the server refuses or fails.
         """
-        return self._events(build_request(image, options), timeout, _metadata(request_id))
+        return self._events(build_request(image, options), timeout, self._auth + _metadata(request_id))
 
     def _events(
         self, request: dream_pb2.DreamRequest, timeout: float | None, metadata: tuple[tuple[str, str], ...]
@@ -168,7 +193,8 @@ class DreamClient:
         attempt = 0
         while True:
             try:
-                return models_from_response(self._stub.ListModels(dream_pb2.ListModelsRequest(), timeout=timeout))
+                response = self._stub.ListModels(dream_pb2.ListModelsRequest(), timeout=timeout, metadata=self._auth)
+                return models_from_response(response)
             except grpc.RpcError as rpc_error:
                 delay = self._retry.delay_or_raise(from_rpc_error(rpc_error, self.target), attempt)
             time.sleep(delay)
@@ -188,11 +214,21 @@ class AsyncDreamClient:
     """The asyncio twin of DreamClient: `dream()` is an async iterator, `models()` a coroutine."""
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, *, retries: int = 0, on_retry: RetryListener | None = None
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        retries: int = 0,
+        on_retry: RetryListener | None = None,
+        **connection: Unpack[ConnectionOptions],
     ) -> None:
         self.target = target
         self._retry = RetryPolicy(retries, on_retry)
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        settings = Connection(**connection)
+        self._auth = settings.metadata()
+        if settings.uses_tls:
+            self._channel = grpc.aio.secure_channel(target, settings.credentials(), options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = dream_pb2_grpc.DreamServiceStub(self._channel)
 
     def dream(
@@ -204,7 +240,7 @@ class AsyncDreamClient:
         **options: Unpack[DreamOptions],
     ) -> AsyncIterator[DreamEvent]:
         """Dream on `image`; `async for` the Started, Progress and Frame events. See DreamClient.dream."""
-        return self._events(build_request(image, options), timeout, _metadata(request_id))
+        return self._events(build_request(image, options), timeout, self._auth + _metadata(request_id))
 
     async def _events(
         self, request: dream_pb2.DreamRequest, timeout: float | None, metadata: tuple[tuple[str, str], ...]
@@ -230,7 +266,9 @@ class AsyncDreamClient:
         attempt = 0
         while True:
             try:
-                response = await self._stub.ListModels(dream_pb2.ListModelsRequest(), timeout=timeout)
+                response = await self._stub.ListModels(
+                    dream_pb2.ListModelsRequest(), timeout=timeout, metadata=self._auth
+                )
                 return models_from_response(response)
             except grpc.RpcError as rpc_error:
                 delay = self._retry.delay_or_raise(from_rpc_error(rpc_error, self.target), attempt)

@@ -104,6 +104,18 @@ class DeadlineExceeded(DreamstreamError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Unauthenticated(DreamstreamError):
+    """The server wants a valid token: pass token= or token_file=, or set DREAMSTREAM_TOKEN."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ModelUnavailable(DreamstreamError):
+    """The server has the model but refused to load it (ListModels says why)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Cancelled(DreamstreamError):
     """The call was cancelled."""
 
@@ -118,6 +130,8 @@ _BY_CODE = {
         ServerBusy,
         ServerUnavailable,
         DeadlineExceeded,
+        Unauthenticated,
+        ModelUnavailable,
         Cancelled,
     )
 }

@@ -6,6 +6,7 @@ line per finished octave is written, so logs stay short.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TextIO
 from dreamstream.client.events import Frame, Progress
 
 _BAR_WIDTH = 24
+_MIN_BAR_WIDTH = 8
 _REDRAW_SECONDS = 0.1  # fast GPUs send hundreds of steps a second
 
 
@@ -24,11 +26,37 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def progress_line(progress: Progress, width: int) -> str:
+    """The progress line in at most `width` characters: the bar shrinks first, then details go.
+
+    A line as wide as the terminal would wrap, and "\r" would then redraw only its last
+    part, leaving a line behind per step.
+    """
+    left = progress.seconds_left
+    where = f"octave {progress.octave}/{progress.octaves} step {progress.step}/{progress.steps}"
+    percent = f"{progress.done:4.0%}"
+    details = [f"loss {progress.loss:.3g}", f"{clock(progress.elapsed)} elapsed"]
+    if left is not None:
+        details[-1] += f", {clock(left)} left"
+    while True:
+        text = " ".join([where, "{bar}", percent, *details])
+        bar_width = min(_BAR_WIDTH, width - (len(text) - len("{bar}")) - 2)
+        if bar_width >= _MIN_BAR_WIDTH or not details:
+            break
+        details.pop(0)  # the loss goes before the time
+    if bar_width < _MIN_BAR_WIDTH:
+        return f"{where} {percent}"[:width]
+    filled = round(progress.done * bar_width)
+    return text.replace("{bar}", f"[{'#' * filled}{'-' * (bar_width - filled)}]")[:width]
+
+
 class ProgressBar:
     """Follows one dream on `stream` (stderr by default)."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, columns: int | None = None) -> None:
+        """`columns`: the terminal's width (default: asked of the terminal on each redraw)."""
         self._stream = stream or sys.stderr
+        self._columns = columns
         self._live = self._stream.isatty()
         self._drawn_at = 0.0
         self._line_open = False
@@ -39,15 +67,9 @@ class ProgressBar:
         if not self._live or now - self._drawn_at < _REDRAW_SECONDS:
             return
         self._drawn_at = now
-        filled = round(progress.done * _BAR_WIDTH)
-        left = progress.seconds_left
-        self._stream.write(
-            f"\roctave {progress.octave}/{progress.octaves} step {progress.step}/{progress.steps} "
-            f"[{'#' * filled}{'-' * (_BAR_WIDTH - filled)}] {progress.done:4.0%} "
-            f"loss {progress.loss:.3g}  {clock(progress.elapsed)} elapsed"
-            + (f", {clock(left)} left" if left is not None else "")
-            + "\x1b[K"  # clear what a longer previous line left behind
-        )
+        columns = self._columns or shutil.get_terminal_size().columns
+        # "\r" back to the start, the line, then clear what a longer previous line left behind.
+        self._stream.write(f"\r{progress_line(progress, columns - 1)}\x1b[K")
         self._stream.flush()
         self._line_open = True
 

@@ -15,6 +15,8 @@ from typing import Protocol
 EXIT_OK = 0
 EXIT_FAILED = 1  # the server or the tool failed: not the user's doing
 EXIT_USAGE = 2  # the command line itself is wrong: fix the flags
+EXIT_REFUSED = 3  # the server refused the request: change it (the message says how)
+EXIT_UNREACHABLE = 4  # no answer: the server is unreachable, draining, or the timeout passed; retry
 
 
 class CommandError(Exception):

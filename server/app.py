@@ -11,7 +11,8 @@ from grpc_reflection.v1alpha import reflection
 
 from dreamstream.server.engine import DreamEngine
 from dreamstream.server.models import ModelRepository
-from dreamstream.server.service import DreamService
+from dreamstream.server.security import TlsFiles, TokenAuth
+from dreamstream.server.service import READER_TIMEOUT, DreamService
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
 from dreamstream.wire import CHANNEL_OPTIONS
 
@@ -20,6 +21,13 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = dream_pb2.DESCRIPTOR.services_by_name["DreamService"].full_name
 # Health answers for the whole server ("") and for the Dream service by name.
 _HEALTH_NAMES = ("", SERVICE_NAME)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def model_health_name(model: str) -> str:
+    """The health service name of one model: SERVING when it loaded, NOT_SERVING when refused."""
+    return f"{SERVICE_NAME}/{model}"
 
 
 class DreamServer:
@@ -27,6 +35,8 @@ class DreamServer:
 
     `start()` opens the port with health NOT_SERVING; `load()` loads the models
     and turns health SERVING, so load balancers send no dream before it can run.
+    `drain()` turns health NOT_SERVING again while the port stays open, refuses new
+    dreams, and lets the running ones finish.
     """
 
     def __init__(
@@ -36,11 +46,20 @@ class DreamServer:
         max_concurrent: int = 1,
         max_queue: int = 4,
         engine: DreamEngine | None = None,
+        tls: TlsFiles | None = None,
+        tokens: tuple[bytes, ...] = (),
+        reflection: bool = True,
+        reader_timeout: float = READER_TIMEOUT,
     ) -> None:
         self.models = models
         self.engine = engine or DreamEngine(models)
         self.port = 0
-        self._service = DreamService(self.engine, max_concurrent=max_concurrent, max_queue=max_queue)
+        self._tls = tls
+        self._tokens = tokens
+        self._reflection = reflection
+        self._service = DreamService(
+            self.engine, max_concurrent=max_concurrent, max_queue=max_queue, reader_timeout=reader_timeout
+        )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
 
@@ -48,28 +67,52 @@ class DreamServer:
         """Listen on host:port (0 picks a free port) and return the port."""
         # Created here rather than in __init__: a grpc.aio server belongs to the event
         # loop it is created in, which must be the one that runs it.
-        self._server = grpc.aio.server(options=list(CHANNEL_OPTIONS))
+        interceptors = [TokenAuth(self._tokens)] if self._tokens else []
+        self._server = grpc.aio.server(options=list(CHANNEL_OPTIONS), interceptors=interceptors)
         dream_pb2_grpc.add_DreamServiceServicer_to_server(self._service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self._reflection:
+            names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self._server)
+        await self._set_health(NOT_SERVING)
+        address = f"{host}:{port}"
+        if self._tls is not None:
+            self.port = self._server.add_secure_port(address, self._tls.credentials())
+        else:
+            self.port = self._server.add_insecure_port(address)
         if not self.port:
-            raise OSError(f"cannot listen on {host}:{port}")
+            raise OSError(f"cannot listen on {address}")
         await self._server.start()
-        log.info("listening on %s:%d", host, self.port)
+        log.info("listening on %s:%d%s", host, self.port, " (TLS)" if self._tls else "")
         return self.port
 
     async def load(self) -> None:
         """Load the models (unless already loaded) off the event loop, then serve."""
         if not self.models.loaded:
             await asyncio.to_thread(self.models.load)
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        for name in self.models.names():
+            await self._health.set(model_health_name(name), SERVING)
+        for name in self.models.refused:
+            await self._health.set(model_health_name(name), NOT_SERVING)
+        await self._set_health(SERVING)
         log.info("serving %s", ", ".join(self.models.names()))
+
+    async def drain(self, grace: float) -> None:
+        """Health NOT_SERVING at once (the port stays open), new and waiting dreams UNAVAILABLE,
+        running dreams `grace` seconds to finish before they are stopped; then close."""
+        await self._set_health(NOT_SERVING)
+        for name in self.models.names():
+            await self._health.set(model_health_name(name), NOT_SERVING)
+        log.info("draining: no new dreams; running ones get %g s to finish", grace)
+        if await self._service.drain(grace):
+            log.info("drained: every running dream finished")
+        else:
+            log.warning("drained: dreams still running after %g s were stopped", grace)
+        await self.stop(grace=1.0)
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Refuse new calls, give running ones `grace` seconds, then stop."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_health(NOT_SERVING)
         if self._server is not None:
             await self._server.stop(grace)
         self._service.close()

@@ -11,14 +11,32 @@ from pathlib import Path
 
 from dreamstream.cmdline import CommandError, non_negative_int, positive_int
 from dreamstream.server.app import DreamServer
+from dreamstream.server.engine import DreamEngine
+from dreamstream.server.engine.limits import (
+    DEFAULT_MAX_COST,
+    DEFAULT_MAX_DREAM_SECONDS,
+    DEFAULT_MAX_INPUT_PIXELS,
+    Limits,
+)
 from dreamstream.server.models import ModelRepository, RepositoryError
 from dreamstream.server.providers import DEVICE_CHOICES, DeviceError
+from dreamstream.server.security import SecurityError, TlsFiles, read_tokens
+from dreamstream.server.service import READER_TIMEOUT
 from dreamstream.wire import DEFAULT_PORT
 
 log = logging.getLogger(__name__)
 
-# Seconds running dreams get to finish when the server is asked to stop.
-SHUTDOWN_GRACE = 5.0
+# Seconds running dreams get to finish when the server is asked to stop (SIGTERM, SIGINT).
+SHUTDOWN_GRACE = 30.0
+_MIB = 2**20
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
+    return value
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +51,11 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         default=Path(os.environ.get("DREAMSTREAM_MODELS", "models")),
         help="directory of exported models (default: $DREAMSTREAM_MODELS or ./models)",
     )
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
     parser.add_argument(
         "--device",
@@ -59,8 +81,75 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="threads per graph operator (default 0: one per physical core; set it to the container's CPU limit)",
     )
+    _add_security_flags(parser)
+    _add_limit_flags(parser)
+    parser.add_argument(
+        "--shutdown-grace",
+        type=positive_float,
+        default=SHUTDOWN_GRACE,
+        metavar="SECONDS",
+        help=f"on SIGTERM, running dreams get this long to finish before they are stopped (default {SHUTDOWN_GRACE:g})",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=serve)
+
+
+def _add_security_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate chain")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="mutual TLS: accept only clients with a certificate signed by this CA",
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        type=Path,
+        metavar="FILE",
+        help="accept only calls with `authorization: Bearer <token>`, one token per line (health stays open)",
+    )
+    parser.add_argument(
+        "--no-reflection", dest="reflection", action="store_false", help="do not offer gRPC server reflection"
+    )
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-input-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_INPUT_PIXELS,
+        metavar="N",
+        help=f"refuse pictures above this many pixels before decoding them (default {DEFAULT_MAX_INPUT_PIXELS:,})",
+    )
+    parser.add_argument(
+        "--max-cost",
+        type=positive_int,
+        default=DEFAULT_MAX_COST,
+        metavar="N",
+        help=f"refuse dreams above this many pixel-steps, each octave's pixels x steps (default {DEFAULT_MAX_COST:,})",
+    )
+    parser.add_argument(
+        "--max-dream-seconds",
+        type=positive_float,
+        default=DEFAULT_MAX_DREAM_SECONDS,
+        metavar="SECONDS",
+        help=f"stop a dream running longer than this (default {DEFAULT_MAX_DREAM_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        type=positive_int,
+        metavar="MIB",
+        help="memory the running dreams may take together, beyond the loaded models; "
+        "dreams wait for room, and one that alone is above it is refused (default: no budget)",
+    )
+    parser.add_argument(
+        "--reader-timeout",
+        type=positive_float,
+        default=READER_TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop a dream whose client reads nothing for this long (default {READER_TIMEOUT:g})",
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -69,28 +158,63 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    server = DreamServer(
-        ModelRepository(args.models, args.device, args.threads),
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(
+        max_input_pixels=args.max_input_pixels,
+        max_cost=args.max_cost,
+        max_dream_seconds=args.max_dream_seconds,
+        memory_budget=args.memory_budget * _MIB if args.memory_budget else None,
+    )
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise CommandError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise CommandError("TLS needs both --tls-cert and --tls-key")
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def _server(args: argparse.Namespace) -> DreamServer:
+    models = ModelRepository(args.models, args.device, args.threads)
+    try:
+        tls = _tls(args)
+        if tls is not None:
+            tls.credentials()  # a bad file is named now, not at the first connection
+        tokens = read_tokens(args.auth_token_file) if args.auth_token_file else ()
+    except SecurityError as error:
+        raise CommandError(str(error)) from None
+    return DreamServer(
+        models,
         max_concurrent=args.max_concurrent,
         max_queue=args.max_queue,
+        engine=DreamEngine(models, limits=_limits(args)),
+        tls=tls,
+        tokens=tokens,
+        reflection=args.reflection,
+        reader_timeout=args.reader_timeout,
     )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server = _server(args)
     try:
         await server.start(args.host, args.port)
     except (RuntimeError, OSError) as error:  # grpc raises RuntimeError when it cannot bind
         raise CommandError(
             f"cannot listen on {args.host}:{args.port}: is the port taken? (choose one with --port)"
         ) from error
+    # Set before loading, so that a stop asked for during the load drains right after it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     try:
         await server.load()
     except (RepositoryError, DeviceError) as error:
         await server.stop(grace=None)
         raise CommandError(str(error)) from error
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("stopping: running dreams get %.0f s to finish", SHUTDOWN_GRACE)
-    await server.stop(SHUTDOWN_GRACE)
+    await server.drain(args.shutdown_grace)

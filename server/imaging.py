@@ -1,8 +1,11 @@
-"""Pictures in and out: read a header, decode what Pillow reads, encode PNG, JPEG or WebP.
+"""Pictures in and out: read a header, decode PNG, JPEG or WebP, encode the same three.
 
 The engine works on HxWx3 float32 RGB arrays in [0, 1]; this module converts
-between those and encoded bytes. `probe` reads a picture's size from its header
-alone, so a request is checked before its pixels cost anything.
+between those and encoded bytes. `probe` reads a picture's format and size from
+its header alone, so a request is checked before its pixels cost anything. Only
+the formats of `dreamstream.wire` are ever opened: Pillow reads dozens more, some
+through outside programs (EPS through Ghostscript), which a server must not run
+on what strangers send.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ from dreamstream.wire import ImageFormat
 
 # Refuse pictures above this many pixels before decoding them: a small file can
 # announce a huge picture, and decoding it would take the server's memory.
-MAX_INPUT_PIXELS = 100_000_000
+# `serve --max-input-pixels` sets it (see engine.limits).
+MAX_INPUT_PIXELS = 40_000_000
+
+# The Pillow plugins allowed to open a picture (MPO is the JPEG of many phone cameras).
+_PILLOW_FORMATS = ("PNG", "JPEG", "WEBP")
+_ACCEPTED = "send PNG, JPEG or WebP bytes"
 
 _SAVE_OPTIONS = {
     "png": {"format": "PNG", "compress_level": 1},  # fast: frames are streamed, not archived
@@ -50,29 +58,63 @@ class PictureHeader:
     height: int
 
 
-def probe(data: bytes) -> PictureHeader:
+def probe(data: bytes, max_pixels: int = MAX_INPUT_PIXELS) -> PictureHeader:
     """Read the size of an encoded picture from its header alone (no pixel is decoded).
 
-    Raises ImageError for bytes Pillow cannot identify and for pictures of more than
-    MAX_INPUT_PIXELS.
+    Raises ImageError for bytes that are no PNG, JPEG or WebP picture and for
+    pictures of more than `max_pixels`.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as picture:
-                width, height = picture.size
-                orientation = picture.getexif().get(_EXIF_ORIENTATION, 1)
+        with _opened(data) as picture:
+            width, height = picture.size
+            orientation = picture.getexif().get(_EXIF_ORIENTATION, 1)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
-        raise ImageError(f"cannot decode the image ({_plain(error)}): send PNG, JPEG or WebP bytes") from error
-    if width * height > MAX_INPUT_PIXELS:
+        raise _undecodable(data, error) from error
+    if width * height > max_pixels:
         raise ImageError(
             f"the picture is {width}x{height} px, too many pixels to decode "
-            f"(at most {MAX_INPUT_PIXELS // 1_000_000} Mpx): send a smaller picture",
+            f"(at most {_megapixels(max_pixels)}): send a smaller picture",
             reason="IMAGE_TOO_LARGE",
         )
     if orientation in _QUARTER_TURNS:
         width, height = height, width
     return PictureHeader(width, height)
+
+
+def _opened(data: bytes) -> Image.Image:
+    """`data` opened by one of the allowed plugins (header read, no pixel decoded)."""
+    with warnings.catch_warnings():
+        # The server's own pixel limit replaces Pillow's decompression bomb warning.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
+
+
+def _undecodable(data: bytes, error: Exception) -> ImageError:
+    """The refusal for bytes no allowed plugin opens: another format is named as such."""
+    other = _other_format(data)
+    if other is not None:
+        return ImageError(f"{other} pictures are not accepted: {_ACCEPTED}", reason="FORMAT_NOT_ALLOWED")
+    return ImageError(f"cannot decode the image ({_plain(error)}): {_ACCEPTED}")
+
+
+def _other_format(data: bytes) -> str | None:
+    """The format `data` is in, when another Pillow plugin knows it by its first bytes (nothing is opened)."""
+    Image.init()
+    prefix = data[:16]
+    for name in Image.ID:
+        accept = Image.OPEN[name][1]
+        if name in _PILLOW_FORMATS or accept is None:
+            continue
+        try:
+            if accept(prefix):
+                return name
+        except Exception:  # a plugin's prefix test that trips over short data says nothing
+            continue
+    return None
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1_000_000:g} Mpx"
 
 
 def _plain(error: Exception) -> str:
@@ -83,24 +125,27 @@ def _plain(error: Exception) -> str:
     return text
 
 
-def decode(data: bytes, max_size: int) -> np.ndarray:
+def decode(data: bytes, max_size: int, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
     """Decode `data` into RGB in [0, 1], EXIF orientation applied, longer side at most `max_size`.
 
-    Transparent pictures are put on white. Raises ImageError for anything Pillow
-    cannot read and for pictures of more than MAX_INPUT_PIXELS.
+    Transparent pictures are put on white. Raises ImageError for anything that is no
+    PNG, JPEG or WebP picture and for pictures of more than `max_pixels`.
     """
-    probe(data)  # refuses what is not a picture, or too large, before decoding a pixel
+    probe(data, max_pixels)  # refuses what is not a picture, or too large, before decoding a pixel
     try:
-        with warnings.catch_warnings():
-            # probe's own limit replaces Pillow's decompression bomb warning.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            picture = Image.open(io.BytesIO(data))
-            picture = ImageOps.exif_transpose(picture)
-            picture = _to_rgb(picture)
+        with _opened(data) as opened:
+            size = fit(opened.width, opened.height, max_size)
+            # A JPEG decodes straight at 1/2 to 1/8 of its size when that still gives
+            # max_size: less memory and time for a large photograph.
+            opened.draft("RGB", size)
+            # Brought down to size before anything else, so that at most one full-size
+            # copy (the decoded one) is ever held.
+            picture = _with_alpha_or_rgb(opened)
+            if picture.size != size:
+                picture = picture.resize(size, Image.Resampling.LANCZOS)
+            picture = _on_white(ImageOps.exif_transpose(picture))
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
-        raise ImageError(f"cannot decode the image ({_plain(error)}): send PNG, JPEG or WebP bytes") from error
-    if max(picture.size) > max_size:
-        picture = picture.resize(fit(picture.width, picture.height, max_size), Image.Resampling.LANCZOS)
+        raise _undecodable(data, error) from error
     return np.asarray(picture, np.float32) / 255.0
 
 
@@ -110,12 +155,18 @@ def fit(width: int, height: int, max_size: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _to_rgb(picture: Image.Image) -> Image.Image:
-    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
-        rgba = picture.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return picture.convert("RGB")
+def _with_alpha_or_rgb(picture: Image.Image) -> Image.Image:
+    """RGBA for pictures with transparency, RGB for the others (resampling needs either)."""
+    transparent = picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info
+    mode = "RGBA" if transparent else "RGB"
+    return picture if picture.mode == mode else picture.convert(mode)
+
+
+def _on_white(picture: Image.Image) -> Image.Image:
+    if picture.mode != "RGBA":
+        return picture
+    white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, picture).convert("RGB")
 
 
 def to_pil(image: np.ndarray) -> Image.Image:

@@ -4,10 +4,15 @@ Each model directory (see `dreamstream.modeldir`) holds dozens of graphs,
 one gradient graph and one step graph per layer, so sessions are opened on first
 use and then kept: a session is created once per graph and shared by every
 request (ONNX Runtime sessions are safe to run from several threads).
+
+A model folder is trusted no further than it proves: every file its manifest
+names must lie inside the folder, and the weights must match the manifest's
+sha256. A model that fails is refused with one log line and the others serve.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -16,8 +21,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from dreamstream.modeldir import MANIFEST_FILE, Layer, Manifest, ManifestError, read_manifest
-from dreamstream.server.providers import Device, choose_device, confirm_device, open_session
-from dreamstream.server.refusals import UnknownModel
+from dreamstream.server.providers import Device, DeviceError, choose_device, confirm_device, open_session
+from dreamstream.server.refusals import ModelUnavailable, UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,42 @@ DEFAULT_MODEL = "efficientnet-lite0"
 
 
 class RepositoryError(RuntimeError):
-    """The models directory cannot be served: empty, or holding a broken model."""
+    """The models directory cannot be served: missing, or holding no model that loads."""
+
+
+class ModelFileError(ValueError):
+    """A model folder whose files cannot be trusted: outside the folder, missing, or altered."""
+
+
+_HASH_CHUNK = 1 << 20
+
+
+def model_file(directory: Path, relative: str, what: str) -> Path:
+    """`relative` inside `directory`; refuses absolute paths and anything that resolves outside."""
+    root = directory.resolve()
+    path = (root / relative).resolve()
+    if Path(relative).is_absolute() or not path.is_relative_to(root):
+        raise ModelFileError(f"{what} {relative!r} lies outside the model folder: re-export the model")
+    if not path.is_file():
+        raise ModelFileError(f"{what} {relative} is missing: re-export the model")
+    return path
+
+
+def check_model_files(directory: Path, manifest: Manifest) -> None:
+    """Every graph inside the folder and present, the weights matching their sha256."""
+    for layer in manifest.layers:
+        for graph in (layer.graph, layer.step_graph, layer.focus_graph, layer.focus_step_graph):
+            model_file(directory, graph, "graph")
+    weights = model_file(directory, manifest.weights_file, "weights file")
+    digest = hashlib.sha256()
+    with weights.open("rb") as file:
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+    if digest.hexdigest() != manifest.weights_sha256.lower():
+        raise ModelFileError(
+            f"{manifest.weights_file} does not match the manifest's weights_sha256 "
+            f"({weights.stat().st_size:,} bytes; truncated or altered?): re-export the model"
+        )
 
 
 class Model:
@@ -93,54 +133,66 @@ class ModelRepository:
         self.threads = threads
         self.device: Device | None = None
         self._models: dict[str, Model] = {}
+        self.refused: dict[str, str] = {}  # model folder name -> why it is not served
 
     @property
     def loaded(self) -> bool:
         return bool(self._models)
 
     def load(self) -> None:
-        """Read every manifest, choose the device, and open each model's default step graph.
+        """Check and load every model folder, choose the device, open each model's default step graph.
 
-        Opening the default graphs up front makes the first dream start at once and
-        proves the device: ONNX Runtime may fall back from CUDA to the CPU silently.
+        A folder that fails (a manifest that does not read, a file outside the folder or
+        altered, a graph ONNX Runtime cannot open) is refused and logged on one line; the
+        others serve. Opening the default graphs up front makes the first dream start at
+        once and proves the device: ONNX Runtime may fall back from CUDA to the CPU silently.
         """
-        manifests = self._read_manifests()
+        directories = self._model_directories()
         device = choose_device(self.requested_device, self.threads)
         models: dict[str, Model] = {}
-        for directory, manifest in manifests:
-            model = Model(directory, manifest, device)
-            session = model.session(model.step_graph_for(manifest.default_layers))
-            device = model.device = confirm_device(session, device)
-            models[manifest.name] = model
-            log.info(
-                "model %s (%s): %d layers, default layers %s, from %s",
-                manifest.name,
-                manifest.backbone,
-                len(manifest.layers),
-                manifest.default_layers,
-                directory,
-            )
+        for directory in directories:
+            try:
+                model = self._load_model(directory, device)
+            except DeviceError:
+                raise
+            except Exception as error:  # whatever breaks one model must not stop the others
+                self.refused[directory.name] = _one_line(error)
+                log.error("model folder %s refused: %s", directory, _one_line(error))
+                continue
+            device = model.device
+            models[model.name] = model
+        if not models:
+            problems = "; ".join(f"{name}: {problem}" for name, problem in self.refused.items())
+            raise RepositoryError(f"no model in {self.root} can be served ({problems})")
         log.info("device: %s", device.describe)
         self.device = device
         self._models = models
 
-    def _read_manifests(self) -> list[tuple[Path, Manifest]]:
+    def _load_model(self, directory: Path, device: Device) -> Model:
+        manifest = read_manifest(directory)
+        check_model_files(directory, manifest)
+        model = Model(directory, manifest, device)
+        session = model.session(model.step_graph_for(manifest.default_layers))
+        model.device = confirm_device(session, device)
+        log.info(
+            "model %s (%s): %d layers, default layers %s, from %s",
+            manifest.name,
+            manifest.backbone,
+            len(manifest.layers),
+            manifest.default_layers,
+            directory,
+        )
+        return model
+
+    def _model_directories(self) -> list[Path]:
         if not self.root.is_dir():
             raise RepositoryError(f"models directory {self.root} does not exist: {self._hint}")
-        found = []
-        for directory in sorted(self.root.iterdir()):
-            # Hidden directories are exports still being written (see export_model).
-            if directory.name.startswith(".") or not (directory / MANIFEST_FILE).is_file():
-                continue
-            try:
-                manifest = read_manifest(directory)
-            except ManifestError as error:
-                raise RepositoryError(f"{directory}: {error}") from error
-            for layer in manifest.layers:
-                for graph in (layer.graph, layer.step_graph, layer.focus_graph, layer.focus_step_graph):
-                    if not (directory / graph).is_file():
-                        raise RepositoryError(f"{directory}: graph {graph} is missing: re-export it")
-            found.append((directory, manifest))
+        # Hidden directories are exports still being written (see export_model).
+        found = [
+            directory
+            for directory in sorted(self.root.iterdir())
+            if not directory.name.startswith(".") and (directory / MANIFEST_FILE).is_file()
+        ]
         if not found:
             raise RepositoryError(f"no exported models in {self.root}: {self._hint}")
         return found
@@ -161,8 +213,16 @@ class ModelRepository:
         """The model called `name`, or the default model for an empty name."""
         model = self._models.get(name or self.default_name)
         if model is None:
+            if name in self.refused:
+                raise ModelUnavailable(name, self.refused[name])
             raise UnknownModel(name, self.names())
         return model
 
     def __iter__(self) -> Iterator[Model]:
         return iter(self._models[name] for name in self.names())
+
+
+def _one_line(error: Exception) -> str:
+    """An error as one log line: ONNX Runtime's messages span several."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, ModelFileError | ManifestError) else f"{type(error).__name__}: {text}"

@@ -10,6 +10,7 @@ change.
 
 from __future__ import annotations
 
+import difflib
 import enum
 
 
@@ -55,7 +56,10 @@ class UnknownModel(Refusal):
     reason = "UNKNOWN_MODEL"
 
     def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(f"unknown model {name!r}: this server has {', '.join(known)}", field="model")
+        super().__init__(
+            f"unknown model {shown(name)}{did_you_mean(name, known)}: this server has {', '.join(known) or 'none'}",
+            field="model",
+        )
 
 
 class Busy(Refusal):
@@ -70,3 +74,59 @@ class NotReady(Refusal):
 
     kind = RefusalKind.UNAVAILABLE
     reason = "LOADING"
+
+
+class Draining(Refusal):
+    """The server is shutting down: it finishes the dreams it runs and takes no new one."""
+
+    kind = RefusalKind.UNAVAILABLE
+    reason = "DRAINING"
+
+
+class TooCostly(Refusal):
+    """A request whose work or memory is above what this server allows for one dream."""
+
+    kind = RefusalKind.INVALID_ARGUMENT
+    reason = "COST_TOO_HIGH"
+
+
+class TimeLimit(Refusal):
+    """A dream ran past the server's time limit per dream and was stopped."""
+
+    kind = RefusalKind.RESOURCE_EXHAUSTED
+    reason = "TIME_LIMIT"
+
+
+class SlowReader(Refusal):
+    """The caller stopped reading the stream for longer than the server waits."""
+
+    kind = RefusalKind.RESOURCE_EXHAUSTED
+    reason = "READER_IDLE"
+
+
+class ModelUnavailable(Refusal):
+    """A request named a model this server found but refused to load (see its log)."""
+
+    kind = RefusalKind.FAILED_PRECONDITION
+    reason = "MODEL_UNAVAILABLE"
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"model {shown(name)} is not served: {problem}", field="model")
+
+
+# Longest piece of a request echoed back in a message: status messages travel in
+# gRPC metadata, which is limited to a few kB.
+_SHOWN_CHARS = 64
+
+
+def shown(text: str) -> str:
+    """`text` as a message quotes it (repr), cut to a readable length."""
+    if len(text) <= _SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:_SHOWN_CHARS]!r}... ({len(text)} characters)"
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """ " (did you mean 'x'?)" for the closest of `known` to a misspelt `name`, or ""."""
+    close = difflib.get_close_matches(name[: _SHOWN_CHARS * 2], known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -14,6 +14,8 @@ event loop only moves events from the worker to the stream.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -31,7 +33,15 @@ from dreamstream.server.engine import (
     Step,
 )
 from dreamstream.server.error_status import error_status
-from dreamstream.server.refusals import Busy, InvalidRequest, NotReady, Refusal, RefusalKind
+from dreamstream.server.refusals import (
+    Busy,
+    Draining,
+    InvalidRequest,
+    NotReady,
+    Refusal,
+    RefusalKind,
+    SlowReader,
+)
 from dreamstream.server.request_ids import request_id_of
 from dreamstream.server.running import RunningDreams
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
@@ -126,42 +136,130 @@ def frame_message(octave: Octave, data: bytes, plan: DreamPlan) -> dream_pb2.Dre
 
 
 class Admission:
-    """At most `running` dreams at once and `waiting` more in line; beyond that, Busy.
+    """At most `running` dreams at once, taking at most `memory_budget` bytes together, and
+    `waiting` more in line, first come first served; beyond that, Busy. While draining,
+    Draining for new and waiting dreams alike.
 
     A slot is given back only when its worker thread has really stopped, so a
     cancelled dream's last step still counts against the limit. `retry_after` says
     when a refused caller should come back (None: no estimate).
     """
 
-    def __init__(self, running: int, waiting: int, retry_after: Callable[[], float | None] = lambda: None) -> None:
-        self._running = running
+    def __init__(
+        self,
+        running: int,
+        waiting: int,
+        memory_budget: int | None = None,
+        retry_after: Callable[[], float | None] = lambda: None,
+    ) -> None:
+        self._running_limit = running
+        self._waiting_limit = waiting
+        self._memory_budget = memory_budget
         self._retry_after = retry_after
-        self._capacity = running + waiting
-        self._semaphore: asyncio.Semaphore | None = None
-        self._held = 0  # running plus waiting
+        self._running = 0
+        self._memory = 0  # bytes the running dreams are expected to take
+        self._waiters: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
+        self._draining = False
+        self._idle: asyncio.Event | None = None
 
-    async def acquire(self) -> None:
-        if self._held >= self._capacity:
+    @property
+    def running(self) -> int:
+        return self._running
+
+    async def acquire(self, memory: int = 0) -> None:
+        """Wait for a slot (and `memory` bytes of the budget); raises Busy or Draining."""
+        if self._draining:
+            raise _draining()
+        if not self._waiters and self._fits(memory):
+            self._take(memory)
+            return
+        if len(self._waiters) >= self._waiting_limit:
             raise Busy(
-                f"the server is busy: {self._running} dream(s) running and "
-                f"{self._capacity - self._running} waiting; retry later",
+                f"the server is busy: {self._running} dream(s) running and {len(self._waiters)} waiting; retry later",
                 retry_after=self._retry_after(),
             )
-        if self._semaphore is None:  # created here, inside the server's event loop
-            self._semaphore = asyncio.Semaphore(self._running)
-        self._held += 1
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (waiter, memory)
+        self._waiters.append(entry)
         try:
-            await self._semaphore.acquire()
+            await waiter
         except BaseException:
-            self._held -= 1
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release(memory)  # granted just as the caller went away
             raise
 
-    def release(self) -> None:
-        self._held -= 1
-        self._semaphore.release()
+    def release(self, memory: int = 0) -> None:
+        self._running -= 1
+        self._memory -= memory
+        self._grant()
+        if self._running == 0 and self._idle is not None:
+            self._idle.set()
+
+    def drain(self) -> None:
+        """Refuse new dreams and end every waiting one with Draining at once."""
+        self._draining = True
+        while self._waiters:
+            waiter, _ = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(_draining())
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Whether every running dream ended within `timeout` seconds."""
+        if self._running == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _fits(self, memory: int) -> bool:
+        if self._running >= self._running_limit:
+            return False
+        # One dream always runs: planning refused any that alone is above the budget.
+        return self._memory_budget is None or self._running == 0 or self._memory + memory <= self._memory_budget
+
+    def _take(self, memory: int) -> None:
+        self._running += 1
+        self._memory += memory
+
+    def _grant(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][1]):
+            waiter, memory = self._waiters.popleft()
+            if waiter.done():  # its caller went away
+                continue
+            self._take(memory)
+            waiter.set_result(None)
+
+
+def _draining() -> Draining:
+    return Draining("the server is shutting down and takes no new dream: retry (another replica)")
 
 
 _DONE = object()
+
+# Events a stream may hold that its reader has not taken yet: the ascent waits beyond
+# this (keeping its slot), so memory per stream stays at a few frames however slowly
+# the caller reads. Four lets the ascent run a few steps ahead while a frame encodes.
+STREAM_BUFFER = 4
+# Seconds a stream may wait for its reader to take the next message before the
+# dream is stopped and its slot freed (`serve --reader-timeout`).
+READER_TIMEOUT = 60.0
+
+
+class _Control:
+    """How the server stops one admitted dream: the flag its worker checks, and the refusal to end it with."""
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.stopped_by: Refusal | None = None
+
+    def stop(self, refusal: Refusal) -> None:
+        self.stopped_by = refusal
+        self.cancel.set()
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, request_id: str) -> None:
@@ -188,16 +286,43 @@ def _call_request_id(context: grpc.aio.ServicerContext) -> str:
 class DreamService(dream_pb2_grpc.DreamServiceServicer):
     """dreamstream.v1.DreamService over a DreamEngine."""
 
-    def __init__(self, engine: DreamEngine, *, max_concurrent: int = 1, max_queue: int = 4) -> None:
+    def __init__(
+        self,
+        engine: DreamEngine,
+        *,
+        max_concurrent: int = 1,
+        max_queue: int = 4,
+        reader_timeout: float = READER_TIMEOUT,
+    ) -> None:
         self._engine = engine
         self._running = RunningDreams()
-        self._admission = Admission(max_concurrent, max_queue, self._running.seconds_until_one_ends)
+        self._admission = Admission(
+            max_concurrent, max_queue, engine.limits.memory_budget, self._running.seconds_until_one_ends
+        )
+        self._reader_timeout = reader_timeout
+        self._controls: set[_Control] = set()
         self._dreamers = ThreadPoolExecutor(max_concurrent, thread_name_prefix="dream")
         self._imaging = ThreadPoolExecutor(2, thread_name_prefix="imaging")
 
     def close(self) -> None:
         self._dreamers.shutdown(wait=False, cancel_futures=True)
         self._imaging.shutdown(wait=False, cancel_futures=True)
+
+    async def drain(self, grace: float) -> bool:
+        """Take no new dream, end the waiting ones, give the running ones `grace` seconds.
+
+        Dreams still running then are stopped (their callers get UNAVAILABLE). Returns
+        whether every running dream finished within the grace.
+        """
+        self._admission.drain()
+        finished = await self._admission.wait_idle(grace)
+        if not finished:
+            for control in list(self._controls):
+                control.stop(
+                    Draining(f"the server shut down before the dream finished (it had {grace:g} s): retry (elsewhere)")
+                )
+            await self._admission.wait_idle(grace)
+        return finished
 
     async def ListModels(
         self, request: dream_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -222,30 +347,52 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
                 for model in models
             ],
             default_model=models.default_name,
+            unavailable_models=[
+                dream_pb2.UnavailableModel(name=name, problem=problem) for name, problem in models.refused.items()
+            ],
         )
 
-    async def Dream(
-        self, request: dream_pb2.DreamRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[dream_pb2.DreamResponse]:
+    async def Dream(self, request: dream_pb2.DreamRequest, context: grpc.aio.ServicerContext) -> None:
         request_id = _call_request_id(context)
         try:
             if not self._engine.models.loaded:
                 raise NotReady("the server is still loading its models; retry in a moment")
             plan = self._engine.plan(spec_from_request(request))
-            async for response in self._stream(plan, request_id):
-                yield response
+            # aclosing: a failed write stops the worker now, not when the generator is collected.
+            async with contextlib.aclosing(self._stream(plan, request_id)) as responses:
+                async for response in responses:
+                    await self._send(context, response)
         except Exception as error:
             await _abort(context, error, request_id)
 
+    async def _send(self, context: grpc.aio.ServicerContext, response: dream_pb2.DreamResponse) -> None:
+        """Write one message; a reader that takes nothing for `reader_timeout` seconds ends the dream."""
+        try:
+            await asyncio.wait_for(context.write(response), self._reader_timeout)
+        except TimeoutError:
+            raise SlowReader(
+                f"the client read nothing for {self._reader_timeout:g} s; the dream was stopped to free its slot"
+            ) from None
+
     async def _stream(self, plan: DreamPlan, request_id: str) -> AsyncIterator[dream_pb2.DreamResponse]:
         """Run `plan` in a worker thread and turn its events into responses, in order: the
-        DreamStarted first, once the dream has its slot."""
-        await self._admission.acquire()
+        DreamStarted first, once the dream has its slot.
+
+        The worker hands over at most STREAM_BUFFER events the stream has not sent yet;
+        beyond that it waits (a slow reader slows the ascent instead of filling memory).
+        """
+        await self._admission.acquire(plan.memory)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[object] = asyncio.Queue()
-        cancel = threading.Event()
+        room = threading.Semaphore(STREAM_BUFFER)
+        control = _Control()
+        cancel = control.cancel
 
-        def put(item: object) -> None:
+        def put(item: object, wait: bool = True) -> None:
+            # Waiting for room is given up when the dream is cancelled (the reader left).
+            while wait and not room.acquire(timeout=0.1):
+                if cancel.is_set():
+                    raise DreamCancelled("cancelled while waiting for the reader")
             try:
                 loop.call_soon_threadsafe(events.put_nowait, item)
             except RuntimeError:  # the loop is closed: the server is shutting down
@@ -272,17 +419,25 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
                 log.info("dream done in %.2f s", event.elapsed)
             except DreamCancelled as stopped:
                 log.info("dream %s", stopped)
-            except Exception as error:  # handed to the stream, which answers INTERNAL
-                put(error)
+                if control.stopped_by is not None:
+                    put(control.stopped_by, wait=False)
+            except Exception as error:  # handed to the stream, which answers with its status
+                put(error, wait=False)
             finally:
-                put(_DONE)
+                put(_DONE, wait=False)
 
         try:
             worker = loop.run_in_executor(self._dreamers, work)
         except BaseException:
-            self._admission.release()
+            self._admission.release(plan.memory)
             raise
-        worker.add_done_callback(lambda _: self._admission.release())
+        self._controls.add(control)
+
+        def finished(_: object) -> None:
+            self._controls.discard(control)
+            self._admission.release(plan.memory)
+
+        worker.add_done_callback(finished)
         running = self._running.started()
         try:
             yield started_message(plan, request_id)
@@ -296,6 +451,7 @@ class DreamService(dream_pb2_grpc.DreamServiceServicer):
                     octave, encoded = item
                     data = await asyncio.wrap_future(encoded)
                     yield frame_message(octave, data, plan)
+                room.release()
         finally:
             # The client went away, its deadline passed, or the dream ended: in every case
             # the worker stops before its next step.

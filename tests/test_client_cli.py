@@ -17,6 +17,7 @@ from dreamstream.cli import main
 from dreamstream.client.cli import parse_layers
 from dreamstream.client.events import Frame, Progress
 from dreamstream.client.progress import ProgressBar
+from dreamstream.cmdline import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 
 SMALL = ["--max-size", "64", "--octaves", "3", "--steps", "2"]
 # Runs the console script's function in a fresh interpreter, whether or not the
@@ -71,7 +72,7 @@ def test_dream_on_noise(server, tmp_path: Path) -> None:
 
 def test_an_unreachable_server_is_one_line_naming_the_address(coffee: Path, tmp_path: Path, capsys) -> None:
     code = main(["dream", str(coffee), "-o", str(tmp_path / "x.png"), "--server", "127.0.0.1:1"])
-    assert code == 2
+    assert code == EXIT_UNREACHABLE
     line = one_line_error(capsys.readouterr().err)
     assert "cannot reach a dreamstream server at 127.0.0.1:1" in line
 
@@ -81,7 +82,7 @@ def test_a_refusal_is_one_line_with_the_status_and_the_servers_words(
 ) -> None:
     out = tmp_path / "x.png"
     code = main(["dream", str(coffee), "-o", str(out), "--server", server.target, "--layers", "nope"])
-    assert code == 2
+    assert code == EXIT_REFUSED
     line = one_line_error(capsys.readouterr().err)
     assert line.startswith("dreamstream: INVALID_ARGUMENT: unknown layer 'nope'")
     assert "its layers are stem" in line
@@ -97,14 +98,23 @@ def test_a_refusal_is_one_line_with_the_status_and_the_servers_words(
         (["{coffee}", "-o", "out.png", "--noise", "64x64"], "INPUT or --noise, not both"),
         (["-o", "out.png", "--noise", "big"], "WIDTHxHEIGHT"),
         (["-o", "out.png"], "give a picture to dream on"),
+        (["{coffee}", "-o", "missing/out.png"], "-o missing/out.png: folder missing does not exist: create it first"),
+        (["{coffee}", "-o", "folder.png"], "-o folder.png is a folder: give a file name"),
+        (["{coffee}", "-o", "out.png", "--gif", "no/such/x.gif"], "--gif no/such/x.gif: folder no/such does not"),
+        (["{coffee}", "-o", "out.png", "--gif", "x.png"], "--gif x.png: name it .gif"),
+        (["{coffee}", "-o", "out.png", "--save-octaves", "out.png/octaves"], "--save-octaves out.png/octaves: cannot"),
+        (["{coffee}", "-o", "out.png", "--token-file", "no-token"], "cannot read the token file no-token"),
     ],
 )
-def test_usage_mistakes_are_one_line_and_exit_2(
+def test_usage_mistakes_are_one_line_and_exit_2_before_any_dream(
     coffee: Path, tmp_path: Path, monkeypatch, capsys, args: list[str], message: str
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "out.png").write_bytes(b"an earlier result")
+    (tmp_path / "folder.png").mkdir()
     args = [arg.format(coffee=coffee) for arg in args]
-    assert main(["dream", *args, "--server", "127.0.0.1:1"]) == 2
+    # 127.0.0.1:1 answers nothing: a mistake found after trying to dream would exit EXIT_UNREACHABLE.
+    assert main(["dream", *args, "--server", "127.0.0.1:1"]) == EXIT_USAGE
     assert message in one_line_error(capsys.readouterr().err)
 
 
@@ -136,6 +146,24 @@ def test_the_progress_line_shows_octave_step_loss_and_time_left() -> None:
     assert "octave 2/4: 64x43\n" in text
 
 
+@pytest.mark.parametrize("columns", [80, 60, 40])
+def test_the_progress_line_fits_the_terminal_and_is_redrawn_in_place(columns: int) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    bar = ProgressBar(terminal, columns=columns)
+    for step in range(1, 4):
+        bar._drawn_at = 0.0  # draw every step (the bar redraws at most ten times a second)
+        bar.update(Progress(12, 12, step, 1000, 123456.7, 3599.0 * step, step / 3000))
+    drawn = terminal.getvalue().split("\r")[1:]
+    assert len(drawn) == 3 and "\n" not in terminal.getvalue()
+    for line in drawn:
+        text = line.removesuffix("\x1b[K")
+        assert text.startswith("octave 12/12 step") and len(text) < columns, text
+
+
 def test_the_client_commands_never_import_the_server_or_export_dependencies(
     server, coffee: Path, tmp_path: Path
 ) -> None:
@@ -156,7 +184,7 @@ def test_the_client_commands_never_import_the_server_or_export_dependencies(
         capture_output=True,
         text=True,
     )
-    assert models.returncode == 2
+    assert models.returncode == EXIT_UNREACHABLE
     assert "cannot reach a dreamstream server" in one_line_error(models.stderr)
     serve = subprocess.run([sys.executable, "-c", run, "serve"], capture_output=True, text=True)
     assert serve.returncode == 2

@@ -88,3 +88,23 @@ def test_encoding_round_trips_in_each_format(fmt: str, pillow_format: str) -> No
         assert picture.format == pillow_format and picture.size == (32, 24)
         if fmt == "png":  # lossless: the same 8-bit values
             np.testing.assert_allclose(np.asarray(picture) / 255.0, image, atol=0.5 / 255 + 1e-6)
+
+
+def test_a_rotated_picture_scaled_down_keeps_its_rotation_and_aspect() -> None:
+    # Scaled down before it is turned, so that only one full-size copy is ever held.
+    stored = Image.new("RGB", (600, 400), (200, 30, 30))
+    stored.paste((30, 30, 200), (0, 0, 600, 100))  # a blue band at the top of the stored image
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = imaging.decode(encoded(stored, "JPEG", exif=exif, quality=95), max_size=150)
+    assert decoded.shape == (150, 100, 3)
+    assert decoded[:, -10:, 2].mean() > 0.6 and decoded[:, :10, 2].mean() < 0.3
+
+
+def test_other_formats_are_named_and_never_opened() -> None:
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(imaging.ImageError, match="EPS pictures are not accepted") as refused:
+        imaging.probe(eps)
+    assert refused.value.reason == "FORMAT_NOT_ALLOWED"
+    with pytest.raises(imaging.ImageError, match="GIF pictures are not accepted"):
+        imaging.decode(encoded(Image.new("RGB", (8, 8)), "GIF"), 64)

@@ -22,11 +22,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
+from dreamstream.server.engine.limits import DEFAULT_LIMITS, Limits
 from dreamstream.server.engine.octaves import resize
 from dreamstream.server.engine.plan import DreamPlan, plan_dream
 from dreamstream.server.engine.request import DreamSpec
 from dreamstream.server.engine.steppers import BoundSteps, HostSteps, Stepper, step_constants
 from dreamstream.server.models import ModelRepository
+from dreamstream.server.refusals import TimeLimit
+
+_UINT64 = 2**64 - 1
 
 
 class DreamCancelled(Exception):
@@ -63,13 +67,16 @@ DreamEvent = Step | Octave
 class DreamEngine:
     """Plans and runs dreams on the models of a repository; safe to use from several threads."""
 
-    def __init__(self, models: ModelRepository, keep_on_device: bool | None = None) -> None:
+    def __init__(
+        self, models: ModelRepository, keep_on_device: bool | None = None, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         """`keep_on_device`: hold the picture in an OrtValue for a whole octave (IOBinding).
 
         None (the default) does so on CUDA only, where it saves a host copy per step;
         on the CPU plain numpy feeding is as fast. True forces it (tests use it on CPU).
         """
         self.models = models
+        self.limits = limits
         self._keep_on_device = keep_on_device
         self._steps_run = 0
         self._count_lock = threading.Lock()
@@ -81,7 +88,7 @@ class DreamEngine:
 
     def plan(self, spec: DreamSpec) -> DreamPlan:
         """Check `spec` (see `plan_dream`): cheap, opens no session, decodes no pixel."""
-        return plan_dream(spec, self.models)
+        return plan_dream(spec, self.models, self.limits)
 
     def run(self, plan: DreamPlan, cancel: threading.Event | None = None) -> Iterator[DreamEvent]:
         """Dream `plan`, yielding a Step after every step and an Octave after every octave.
@@ -90,7 +97,8 @@ class DreamEngine:
         dream before its next step with DreamCancelled.
         """
         params = plan.params
-        rng = np.random.default_rng(params.seed)
+        # Any int64 seeds a dream (the .proto says so); numpy wants it unsigned.
+        rng = np.random.default_rng(params.seed & _UINT64)
         began = time.perf_counter()
         original = np.ascontiguousarray(plan.start.pixels(rng).transpose(2, 0, 1), np.float32)
         stepper = self._stepper(plan)
@@ -104,6 +112,7 @@ class DreamEngine:
             for step in range(1, params.steps_per_octave + 1):
                 if cancel is not None and cancel.is_set():
                     raise DreamCancelled(f"cancelled at octave {octave}, step {step}")
+                self._check_time(time.perf_counter() - began, plan, octave, step)
                 jitter = rng.integers(-params.jitter, params.jitter + 1, size=2, dtype=np.int64)
                 # The step graphs roll by 0 <= shift < size; a roll by -3 is a roll by size - 3.
                 shift = jitter % np.array([height, width], np.int64)
@@ -128,6 +137,16 @@ class DreamEngine:
                 image=image.transpose(1, 2, 0),
                 final=octave == len(plan.sizes),
                 elapsed=time.perf_counter() - began,
+            )
+
+    def _check_time(self, elapsed: float, plan: DreamPlan, octave: int, step: int) -> None:
+        limit = self.limits.max_dream_seconds
+        if elapsed > limit:
+            raise TimeLimit(
+                f"the dream ran past this server's limit of {limit:g} s per dream (stopped after {elapsed:.1f} s "
+                f"at octave {octave}/{len(plan.sizes)}, step {step}/{plan.params.steps_per_octave}): "
+                "ask for fewer steps_per_octave, octaves or a smaller max_size",
+                field="steps_per_octave",
             )
 
     def _stepper(self, plan: DreamPlan) -> Stepper:

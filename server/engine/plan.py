@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dreamstream.server import imaging
+from dreamstream.server.engine.limits import DEFAULT_LIMITS, Limits, decode_memory, step_memory
 from dreamstream.server.engine.octaves import octave_sizes
 from dreamstream.server.engine.request import DEFAULT_MAX_SIZE, DreamParams, DreamSpec, resolve_params
 from dreamstream.server.models import Model, ModelRepository
-from dreamstream.server.refusals import InvalidRequest
+from dreamstream.server.refusals import InvalidRequest, TooCostly, did_you_mean, shown
 from dreamstream.wire import ImageFormat
 
 # Noise to dream on when there is no picture: mid grey with a little texture.
@@ -39,6 +40,8 @@ class Start:
     data: bytes | None = field(default=None, repr=False)
     array: np.ndarray | None = field(default=None, repr=False)
     max_size: int = 0  # with `data`: the longer side it is scaled down to
+    input_pixels: int = 0  # with `data`: the pixels it decodes to before scaling
+    max_input_pixels: int = imaging.MAX_INPUT_PIXELS
 
     @property
     def is_noise(self) -> bool:
@@ -49,7 +52,7 @@ class Start:
         if self.array is not None:
             return self.array
         if self.data is not None:
-            return imaging.decode(self.data, self.max_size)
+            return imaging.decode(self.data, self.max_size, self.max_input_pixels)
         height, width = self.size
         return (_NOISE_MEAN + rng.uniform(-_NOISE_SPREAD, _NOISE_SPREAD, (height, width, 3))).astype(np.float32)
 
@@ -77,16 +80,27 @@ class DreamPlan:
         """Ascent steps in the whole dream."""
         return self.params.steps_per_octave * len(self.sizes)
 
+    @property
+    def cost(self) -> int:
+        """The ascent's work in pixel-steps: each octave's pixels times its steps."""
+        return self.params.steps_per_octave * sum(height * width for height, width in self.sizes)
 
-def plan_dream(spec: DreamSpec, models: ModelRepository) -> DreamPlan:
-    """Check `spec` against its model; raises a Refusal that says what to change."""
+    @property
+    def memory(self) -> int:
+        """Bytes the dream is expected to take at most: decoding its picture, or its largest step."""
+        height, width = self.size
+        return max(decode_memory(self.start.input_pixels), step_memory(height * width))
+
+
+def plan_dream(spec: DreamSpec, models: ModelRepository, limits: Limits = DEFAULT_LIMITS) -> DreamPlan:
+    """Check `spec` against its model and the server's limits; raises a Refusal that says what to change."""
     model = models.get(spec.model)
     manifest = model.manifest
     params = resolve_params(spec, manifest.default_layers)
     layer_weights = _layer_weights(model, params.layers)
-    start = _start(spec, model)
+    start = _start(spec, model, limits)
     height, width = start.size
-    return DreamPlan(
+    plan = DreamPlan(
         model=model,
         params=params,
         start=start,
@@ -98,6 +112,27 @@ def plan_dream(spec: DreamSpec, models: ModelRepository) -> DreamPlan:
         channel_weights=np.ones(manifest.channel_total, np.float32),
         frame_format=spec.frame_format,
     )
+    _check_costs(plan, limits)
+    return plan
+
+
+def _check_costs(plan: DreamPlan, limits: Limits) -> None:
+    """Refuse a dream whose work or memory is above the server's limits, with the numbers."""
+    height, width = plan.size
+    shape = f"{len(plan.sizes)} octave(s) up to {width}x{height} px x {plan.params.steps_per_octave} steps"
+    if plan.cost > limits.max_cost:
+        raise TooCostly(
+            f"the dream costs {plan.cost:,} pixel-steps ({shape}), above this server's limit of "
+            f"{limits.max_cost:,}: lower steps_per_octave, octaves or max_size",
+            field="steps_per_octave",
+        )
+    if limits.memory_budget is not None and plan.memory > limits.memory_budget:
+        raise TooCostly(
+            f"the dream needs about {plan.memory / 2**20:,.0f} MiB ({width}x{height} px), above this server's "
+            f"memory budget of {limits.memory_budget / 2**20:,.0f} MiB: lower max_size (or width and height)",
+            reason="MEMORY_TOO_HIGH",
+            field="max_size",
+        )
 
 
 def _layer_weights(model: Model, layers: Mapping[str, float]) -> np.ndarray:
@@ -108,13 +143,14 @@ def _layer_weights(model: Model, layers: Mapping[str, float]) -> np.ndarray:
     for name, weight in layers.items():
         if name not in known:
             raise InvalidRequest(
-                f"unknown layer {name!r} for model {manifest.name}: its layers are {', '.join(known)}",
+                f"unknown layer {shown(name)}{did_you_mean(name, known)} for model {manifest.name}: "
+                f"its layers are {', '.join(known)}",
                 reason="UNKNOWN_LAYER",
                 field="layers",
             )
         if not math.isfinite(weight):
             raise InvalidRequest(
-                f"layer {name!r} has weight {weight}: use a finite number", reason="OUT_OF_RANGE", field="layers"
+                f"layer {shown(name)} has weight {weight}: use a finite number", reason="OUT_OF_RANGE", field="layers"
             )
         weights[manifest.layer_index(name)] = weight
     if not weights.any():
@@ -126,7 +162,7 @@ def _layer_weights(model: Model, layers: Mapping[str, float]) -> np.ndarray:
     return weights
 
 
-def _start(spec: DreamSpec, model: Model) -> Start:
+def _start(spec: DreamSpec, model: Model, limits: Limits) -> Start:
     """The starting picture and its size, checked against the model's size limits."""
     manifest = model.manifest
     given = [name for name, value in (("image", spec.image), ("pixels", spec.pixels)) if value is not None]
@@ -134,9 +170,15 @@ def _start(spec: DreamSpec, model: Model) -> Start:
         raise InvalidRequest("send an image or a width and height, not both", field="image")
     if spec.image is not None:
         max_size = _max_size(spec, model)
-        header = imaging.probe(spec.image)
+        header = imaging.probe(spec.image, limits.max_input_pixels)
         width, height = imaging.fit(header.width, header.height, max_size)
-        start = Start((height, width), data=spec.image, max_size=max_size)
+        start = Start(
+            (height, width),
+            data=spec.image,
+            max_size=max_size,
+            input_pixels=header.width * header.height,
+            max_input_pixels=limits.max_input_pixels,
+        )
     elif spec.pixels is not None:
         start = Start(spec.pixels.shape[:2], array=spec.pixels)
     elif spec.noise_size is not None:

@@ -177,10 +177,20 @@ class Model(_message.Message):
     max_size: int
     def __init__(self, name: _Optional[str] = ..., backbone: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., default_layers: _Optional[_Mapping[str, float]] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ...) -> None: ...
 
+class UnavailableModel(_message.Message):
+    __slots__ = ("name", "problem")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    problem: str
+    def __init__(self, name: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
+
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "default_model")
+    __slots__ = ("models", "default_model", "unavailable_models")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[Model]
     default_model: str
-    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
+    unavailable_models: _containers.RepeatedCompositeFieldContainer[UnavailableModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., default_model: _Optional[str] = ..., unavailable_models: _Optional[_Iterable[_Union[UnavailableModel, _Mapping]]] = ...) -> None: ...

@@ -60,12 +60,16 @@ class DreamServiceServicer:
         of the request (model, layers, octave sizes, seed, request id), sent when
         the dream gets its slot (after any wait in the server's queue).
 
-        Errors: INVALID_ARGUMENT for an image that cannot be decoded, an unknown
-        layer, a parameter out of range or too many pixels; NOT_FOUND for an
-        unknown model; RESOURCE_EXHAUSTED when the server's queue is full;
-        UNAVAILABLE while the server is still loading its models. The message
-        says what to change; the details (see the top of this file) say it to
-        programs.
+        Errors: INVALID_ARGUMENT for an image that cannot be decoded or is not
+        PNG, JPEG or WebP, an unknown layer, a parameter out of range, too many
+        pixels, or a dream above the server's work or memory limit; NOT_FOUND for
+        an unknown model; FAILED_PRECONDITION for a model the server refused to
+        load; RESOURCE_EXHAUSTED when the server's queue is full, a dream runs
+        past the server's time limit, or the client stops reading; UNAVAILABLE
+        while the server is still loading its models or is shutting down (retry,
+        elsewhere if you can); UNAUTHENTICATED without a valid bearer token on a
+        server that demands one. The message says what to change; the details
+        (see the top of this file) say it to programs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

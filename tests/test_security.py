@@ -1,0 +1,132 @@
+"""TLS, mutual TLS and bearer tokens: real servers on loopback, real handshakes, the real clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from certificates import Certificates, make_certificates
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from dreamstream.cli import main
+from dreamstream.client import DreamClient, Frame, ServerUnavailable, Unauthenticated
+from dreamstream.cmdline import EXIT_REFUSED
+from dreamstream.server.security import SecurityError, TlsFiles, read_tokens, token_matches
+
+SMALL = {"max_size": 64, "octaves": 2, "steps_per_octave": 1}
+TOKENS = (b"old-token-still-valid", b"new-token")
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def secure_server(start_server, repository, certificates: Certificates):
+    tls = TlsFiles(certificates.server_cert, certificates.server_key)
+    return start_server(repository, tls=tls, tokens=TOKENS, reflection=False)
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("token") / "token"
+    path.write_text("new-token\n")
+    return path
+
+
+def final_frame(client: DreamClient) -> Frame:
+    return [event for event in client.dream(None, width=64, height=48, **SMALL) if isinstance(event, Frame)][-1]
+
+
+def test_a_tls_server_with_tokens_serves_a_client_with_the_ca_and_a_token(
+    secure_server, certificates: Certificates, token_file: Path
+) -> None:
+    with DreamClient(secure_server.target, ca_file=certificates.ca, token_file=token_file) as client:
+        assert final_frame(client).final
+        assert client.models()
+    # Either line of the token file is accepted: tokens rotate without a restart of the clients.
+    with DreamClient(secure_server.target, ca_file=certificates.ca, token="old-token-still-valid") as client:
+        assert client.models()
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token", "new-token-but-longer", ""])
+def test_without_or_with_a_wrong_token_calls_are_unauthenticated(
+    secure_server, certificates: Certificates, token: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DREAMSTREAM_TOKEN", raising=False)
+    with DreamClient(secure_server.target, ca_file=certificates.ca, token=token) as client:
+        with pytest.raises(Unauthenticated, match="authorization: Bearer"):
+            final_frame(client)
+        with pytest.raises(Unauthenticated):
+            client.models()
+
+
+def test_the_token_may_come_from_the_environment(
+    secure_server, certificates: Certificates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DREAMSTREAM_TOKEN", "new-token")
+    with DreamClient(secure_server.target, ca_file=certificates.ca) as client:
+        assert client.models()
+
+
+def test_health_answers_without_a_token_and_reflection_can_be_switched_off(
+    secure_server, certificates: Certificates
+) -> None:
+    credentials = grpc.ssl_channel_credentials(certificates.ca.read_bytes())
+    with grpc.secure_channel(secure_server.target, credentials) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        with pytest.raises(grpc.RpcError) as refused:
+            list(reflection.ServerReflectionInfo(iter([request]), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_plain_client_cannot_talk_to_a_tls_server(secure_server) -> None:
+    with DreamClient(secure_server.target, token="new-token") as client, pytest.raises(ServerUnavailable):
+        client.models(timeout=10)
+
+
+def test_mutual_tls_serves_only_clients_with_a_certificate_of_the_ca(
+    start_server, repository, certificates: Certificates
+) -> None:
+    tls = TlsFiles(certificates.server_cert, certificates.server_key, client_ca=certificates.ca)
+    server = start_server(repository, tls=tls)
+    with DreamClient(
+        server.target, ca_file=certificates.ca, cert_file=certificates.client_cert, key_file=certificates.client_key
+    ) as client:
+        assert client.models()
+    with DreamClient(server.target, ca_file=certificates.ca) as client, pytest.raises(ServerUnavailable):
+        client.models(timeout=10)
+
+
+def test_the_cli_dreams_with_a_ca_and_a_token_file_and_exits_refused_without_a_token(
+    secure_server, certificates: Certificates, token_file: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.delenv("DREAMSTREAM_TOKEN", raising=False)
+    out = tmp_path / "noise.png"
+    flags = ["--server", secure_server.target, "--ca-file", str(certificates.ca), "--noise", "64x48", "-q"]
+    assert main(["dream", "-o", str(out), *flags, "--token-file", str(token_file), "--steps", "1"]) == 0
+    assert out.is_file()
+    assert main(["dream", "-o", str(out), *flags]) == EXIT_REFUSED
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
+def test_token_files_skip_blank_and_comment_lines_and_an_empty_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("# rotated monthly\n\nfirst\n  second  \n")
+    assert read_tokens(path) == (b"first", b"second")
+    path.write_text("# nothing\n\n")
+    with pytest.raises(SecurityError, match="holds no token"):
+        read_tokens(path)
+
+
+def test_tokens_compare_whole() -> None:
+    assert token_matches(b"new-token", TOKENS)
+    assert not token_matches(b"new-toke", TOKENS)
+    assert not token_matches(b"new-token2", TOKENS)
+    assert not token_matches(b"", TOKENS)
