@@ -8,6 +8,7 @@ with DreamClient("localhost:50051") as client:
             event.image().save("dream.png")
 """
 
+from dreamstream.client.animation import AnimationFrame
 from dreamstream.client.client import AsyncDreamClient, DreamClient, DreamOptions, ImageInput
 from dreamstream.client.errors import (
     Cancelled,
@@ -24,6 +25,7 @@ from dreamstream.client.errors import (
 from dreamstream.client.events import DreamEvent, Frame, LayerInfo, ModelInfo, Progress, Started
 
 __all__ = [
+    "AnimationFrame",
     "AsyncDreamClient",
     "Cancelled",
     "DeadlineExceeded",

@@ -58,7 +58,7 @@ def add_client_parsers(subparsers: argparse._SubParsersAction) -> None:
     _add_models_parser(subparsers)
 
 
-def _reports_server_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def reports_server_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """A failed call becomes one line with the status and the server's words."""
 
     @functools.wraps(command)
@@ -81,7 +81,7 @@ def _exit_code(code: grpc.StatusCode) -> int:
     return EXIT_FAILED
 
 
-def _server_argument(parser: argparse.ArgumentParser) -> None:
+def server_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
         default=os.environ.get("DREAMSTREAM_SERVER", DEFAULT_TARGET),
@@ -100,7 +100,8 @@ def _server_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _client(args: argparse.Namespace) -> DreamClient:
+def client_for(args: argparse.Namespace) -> DreamClient:
+    """The client of the server and credentials `server_argument`'s flags name."""
     return DreamClient(
         args.server,
         tls=args.tls,
@@ -126,8 +127,23 @@ def _add_dream_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="OUT",
         help="result (.png, .jpg or .webp)",
     )
-    _server_argument(parser)
+    server_argument(parser)
     parser.add_argument("--noise", metavar="WxH", help="dream on seeded noise of this size instead of INPUT")
+    add_dream_options(parser)
+    parser.add_argument(
+        "--save-octaves",
+        type=Path,
+        metavar="DIR",
+        help="save each octave's frame here as it arrives",
+    )
+    parser.add_argument("--gif", type=Path, metavar="FILE", help="write an animated GIF of the octaves")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(func=run_dream)
+
+
+def add_dream_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a dream (see `dream_options`), shared by every command that dreams."""
     parser.add_argument("--model", help="model to dream with (see `dreamstream models`)")
     parser.add_argument(
         "--layers",
@@ -148,21 +164,11 @@ def _add_dream_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="PX",
         help="longer side before dreaming (default 1024)",
     )
-    parser.add_argument(
-        "--save-octaves",
-        type=Path,
-        metavar="DIR",
-        help="save each octave's frame here as it arrives",
-    )
-    parser.add_argument("--gif", type=Path, metavar="FILE", help="write an animated GIF of the octaves")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    parser.set_defaults(func=run_dream)
 
 
 def _add_models_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("models", help="list a server's models and their layers")
-    _server_argument(parser)
+    server_argument(parser)
     parser.set_defaults(func=run_models)
 
 
@@ -190,13 +196,13 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-@_reports_server_errors
+@reports_server_errors
 def run_dream(args: argparse.Namespace) -> int:
     try:
         fmt = format_of_suffix(args.output.suffix).name
     except UnknownFormat:
         raise CommandError(f"cannot tell the format of {args.output}: name it .png, .jpg or .webp") from None
-    options = _dream_options(args, fmt)
+    options = dream_options(args, fmt)
     image = None
     if args.noise:
         if args.input is not None:
@@ -213,7 +219,7 @@ def run_dream(args: argparse.Namespace) -> int:
     bar = ProgressBar() if not args.quiet else None
     frames: list[Frame] = []
     try:
-        with _client(args) as client:
+        with client_for(args) as client:
             for event in client.dream(image, timeout=args.timeout, **options):
                 if isinstance(event, Progress):
                     if bar:
@@ -263,7 +269,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise CommandError(f"--save-octaves {args.save_octaves} is not writable")
 
 
-def _dream_options(args: argparse.Namespace, fmt: str) -> DreamOptions:
+def dream_options(args: argparse.Namespace, fmt: str) -> DreamOptions:
+    """The DreamOptions of the flags `add_dream_options` added, frames in format `fmt`."""
     options = DreamOptions(format=fmt)
     if args.layers is not None:
         options["layers"] = parse_layers(args.layers)
@@ -296,9 +303,9 @@ def write_gif(frames: list[Frame], path: Path) -> None:
     )
 
 
-@_reports_server_errors
+@reports_server_errors
 def run_models(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with client_for(args) as client:
         models = client.models()
     for model in models:
         default = " (default)" if model.default else ""

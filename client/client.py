@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from dreamstream.client.animation import AnimationCalls, AsyncAnimationCalls
 from dreamstream.client.connection import Connection
 from dreamstream.client.errors import from_rpc_error
 from dreamstream.client.events import (
@@ -121,8 +122,9 @@ def _metadata(request_id: str | None) -> tuple[tuple[str, str], ...]:
     return ((REQUEST_ID_METADATA, request_id),) if request_id else ()
 
 
-class DreamClient:
-    """A blocking client of a dreamstream server at `target` ("host:port").
+class DreamClient(AnimationCalls):
+    """A blocking client of a dreamstream server at `target` ("host:port"); `dream_video` and
+    `zoom` come from AnimationCalls.
 
     A call the server refuses for now (queue full, still loading) is tried again up to
     `retries` times, after the delay the server asks for (RetryInfo); `on_retry(error,
@@ -210,8 +212,9 @@ class DreamClient:
         self.close()
 
 
-class AsyncDreamClient:
-    """The asyncio twin of DreamClient: `dream()` is an async iterator, `models()` a coroutine."""
+class AsyncDreamClient(AsyncAnimationCalls):
+    """The asyncio twin of DreamClient: `dream()`, `dream_video()` and `zoom()` are async iterators,
+    `models()` a coroutine."""
 
     def __init__(
         self,

@@ -53,6 +53,16 @@ PARTS = (
         },
     ),
     Part(
+        module="dreamstream.client.animation_cli",
+        hook="add_animation_parsers",
+        # The commands themselves need the light install; reading and writing video needs PyAV.
+        install="the video extra: pip install 'dreamstream[video]'",
+        commands={
+            "video": "dream a video, frame by frame, with a dreamstream server",
+            "zoom": "a zoom animation: dream, zoom into the dream, dream again",
+        },
+    ),
+    Part(
         module="dreamstream.export.cli",
         hook="add_export_parsers",
         install="the export extra: pip install 'dreamstream[export]'",

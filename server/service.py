@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from dreamstream.server import imaging
+from dreamstream.server.animations import AnimationCalls
 from dreamstream.server.engine import (
     DreamCancelled,
     DreamEngine,
@@ -283,8 +284,8 @@ def _call_request_id(context: grpc.aio.ServicerContext) -> str:
     return request_id
 
 
-class DreamService(dream_pb2_grpc.DreamServiceServicer):
-    """dreamstream.v1.DreamService over a DreamEngine."""
+class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
+    """dreamstream.v1.DreamService over a DreamEngine; the animation calls come from AnimationCalls."""
 
     def __init__(
         self,

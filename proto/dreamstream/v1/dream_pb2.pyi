@@ -13,10 +13,21 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
+
+class BlendMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BLEND_MODE_UNSPECIFIED: _ClassVar[BlendMode]
+    BLEND_MODE_FIXED: _ClassVar[BlendMode]
+    BLEND_MODE_LOOP: _ClassVar[BlendMode]
+    BLEND_MODE_RANDOM: _ClassVar[BlendMode]
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_JPEG: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
+BLEND_MODE_UNSPECIFIED: BlendMode
+BLEND_MODE_FIXED: BlendMode
+BLEND_MODE_LOOP: BlendMode
+BLEND_MODE_RANDOM: BlendMode
 
 class DreamRequest(_message.Message):
     __slots__ = ("image", "model", "layers", "octaves", "octave_scale", "steps_per_octave", "step_size", "jitter", "seed", "max_size", "width", "height", "format")
@@ -194,3 +205,82 @@ class ListModelsResponse(_message.Message):
     default_model: str
     unavailable_models: _containers.RepeatedCompositeFieldContainer[UnavailableModel]
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., default_model: _Optional[str] = ..., unavailable_models: _Optional[_Iterable[_Union[UnavailableModel, _Mapping]]] = ...) -> None: ...
+
+class VideoSettings(_message.Message):
+    __slots__ = ("dream", "blend", "blend_mode", "flow", "layer_schedule", "window")
+    DREAM_FIELD_NUMBER: _ClassVar[int]
+    BLEND_FIELD_NUMBER: _ClassVar[int]
+    BLEND_MODE_FIELD_NUMBER: _ClassVar[int]
+    FLOW_FIELD_NUMBER: _ClassVar[int]
+    LAYER_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    dream: DreamRequest
+    blend: float
+    blend_mode: BlendMode
+    flow: bool
+    layer_schedule: _containers.RepeatedScalarFieldContainer[str]
+    window: int
+    def __init__(self, dream: _Optional[_Union[DreamRequest, _Mapping]] = ..., blend: _Optional[float] = ..., blend_mode: _Optional[_Union[BlendMode, str]] = ..., flow: _Optional[bool] = ..., layer_schedule: _Optional[_Iterable[str]] = ..., window: _Optional[int] = ...) -> None: ...
+
+class DreamVideoRequest(_message.Message):
+    __slots__ = ("settings", "frame")
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    settings: VideoSettings
+    frame: bytes
+    def __init__(self, settings: _Optional[_Union[VideoSettings, _Mapping]] = ..., frame: _Optional[bytes] = ...) -> None: ...
+
+class AnimationFrame(_message.Message):
+    __slots__ = ("index", "width", "height", "image", "format", "blend", "layers", "elapsed_seconds")
+    class LayersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    BLEND_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    width: int
+    height: int
+    image: bytes
+    format: ImageFormat
+    blend: float
+    layers: _containers.ScalarMap[str, float]
+    elapsed_seconds: float
+    def __init__(self, index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., image: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., blend: _Optional[float] = ..., layers: _Optional[_Mapping[str, float]] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
+
+class DreamVideoResponse(_message.Message):
+    __slots__ = ("frame",)
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    frame: AnimationFrame
+    def __init__(self, frame: _Optional[_Union[AnimationFrame, _Mapping]] = ...) -> None: ...
+
+class ZoomRequest(_message.Message):
+    __slots__ = ("dream", "frames", "zoom", "rotate", "shift_x", "shift_y")
+    DREAM_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    ZOOM_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_FIELD_NUMBER: _ClassVar[int]
+    SHIFT_X_FIELD_NUMBER: _ClassVar[int]
+    SHIFT_Y_FIELD_NUMBER: _ClassVar[int]
+    dream: DreamRequest
+    frames: int
+    zoom: float
+    rotate: float
+    shift_x: float
+    shift_y: float
+    def __init__(self, dream: _Optional[_Union[DreamRequest, _Mapping]] = ..., frames: _Optional[int] = ..., zoom: _Optional[float] = ..., rotate: _Optional[float] = ..., shift_x: _Optional[float] = ..., shift_y: _Optional[float] = ...) -> None: ...
+
+class ZoomResponse(_message.Message):
+    __slots__ = ("frame",)
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    frame: AnimationFrame
+    def __init__(self, frame: _Optional[_Union[AnimationFrame, _Mapping]] = ...) -> None: ...

@@ -45,6 +45,16 @@ class DreamServiceStub:
                 request_serializer=dreamstream_dot_v1_dot_dream__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=dreamstream_dot_v1_dot_dream__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.DreamVideo = channel.stream_stream(
+                '/dreamstream.v1.DreamService/DreamVideo',
+                request_serializer=dreamstream_dot_v1_dot_dream__pb2.DreamVideoRequest.SerializeToString,
+                response_deserializer=dreamstream_dot_v1_dot_dream__pb2.DreamVideoResponse.FromString,
+                _registered_method=True)
+        self.Zoom = channel.unary_stream(
+                '/dreamstream.v1.DreamService/Zoom',
+                request_serializer=dreamstream_dot_v1_dot_dream__pb2.ZoomRequest.SerializeToString,
+                response_deserializer=dreamstream_dot_v1_dot_dream__pb2.ZoomResponse.FromString,
+                _registered_method=True)
 
 
 class DreamServiceServicer:
@@ -82,6 +92,38 @@ class DreamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DreamVideo(self, request_iterator, context):
+        """Dreams a video frame by frame. The client sends one DreamVideoRequest
+        holding `settings`, then one per input frame holding `frame`, and closes
+        its side after the last frame. The server answers one AnimationFrame per
+        input frame, in order, as each is dreamed. Each frame starts from the
+        input frame blended with the previous dreamed frame (warped onto it by
+        optical flow if asked), so the dream stays put from frame to frame.
+
+        Backpressure: the server reads a frame only when fewer than
+        `VideoSettings.window` frames are waiting or being dreamed, and sends
+        the next dreamed frame only as fast as the client reads; a client keeps
+        at most `window` frames unanswered. Cancelling the call stops the dream
+        before its next ascent step.
+
+        Errors: as Dream's, checked on the settings before any frame is read
+        (a settings message with no frame dreams nothing), then on each frame
+        (its size, its picture); INVALID_ARGUMENT also for a first message that
+        is no settings, a second settings message, or frames of different sizes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Zoom(self, request, context):
+        """A zoom animation: the first frame is the dream of the request's picture,
+        each next one the previous dream zoomed, rotated and shifted, then dreamed
+        again. Frames are streamed as they are made. Errors: as Dream's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DreamServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +136,16 @@ def add_DreamServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=dreamstream_dot_v1_dot_dream__pb2.ListModelsRequest.FromString,
                     response_serializer=dreamstream_dot_v1_dot_dream__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'DreamVideo': grpc.stream_stream_rpc_method_handler(
+                    servicer.DreamVideo,
+                    request_deserializer=dreamstream_dot_v1_dot_dream__pb2.DreamVideoRequest.FromString,
+                    response_serializer=dreamstream_dot_v1_dot_dream__pb2.DreamVideoResponse.SerializeToString,
+            ),
+            'Zoom': grpc.unary_stream_rpc_method_handler(
+                    servicer.Zoom,
+                    request_deserializer=dreamstream_dot_v1_dot_dream__pb2.ZoomRequest.FromString,
+                    response_serializer=dreamstream_dot_v1_dot_dream__pb2.ZoomResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -151,6 +203,60 @@ class DreamService:
             '/dreamstream.v1.DreamService/ListModels',
             dreamstream_dot_v1_dot_dream__pb2.ListModelsRequest.SerializeToString,
             dreamstream_dot_v1_dot_dream__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DreamVideo(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dreamstream.v1.DreamService/DreamVideo',
+            dreamstream_dot_v1_dot_dream__pb2.DreamVideoRequest.SerializeToString,
+            dreamstream_dot_v1_dot_dream__pb2.DreamVideoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Zoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dreamstream.v1.DreamService/Zoom',
+            dreamstream_dot_v1_dot_dream__pb2.ZoomRequest.SerializeToString,
+            dreamstream_dot_v1_dot_dream__pb2.ZoomResponse.FromString,
             options,
             channel_credentials,
             insecure,
