@@ -22,6 +22,13 @@ gradient graph and a fused step graph each):
   the loss of dozens of unselected layers costs a full pass over each of their
   activations, so this is the fast path for the common dream on one layer.
 The server chooses between them for each dream.
+
+Each group also has a `guide_graph`: the focus gradient graph with one more input,
+`guide` (a picture), and google/deepdream's guided objective instead of the L2
+one: every position of a layer's activation is pulled towards the guide's
+feature (at the same layer) it matches best, the one with the largest dot
+product. Models exported before guided dreams have none (`guide_graph` is "");
+the server refuses a guide for them.
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ GRAD = "grad"  # float32 [N,3,H,W], d loss / d image
 CHANNEL_MEANS = "channel_means"  # float32 [N,C_total]
 GRAPH_INPUTS = (IMAGE, LAYER_WEIGHTS, CHANNEL_WEIGHTS)
 GRAPH_OUTPUTS = (LOSS, GRAD, CHANNEL_MEANS)
+# The guide graph's extra input: the guide picture, float32 [1,3,h,w] RGB in [0,1], of any
+# size the network takes. Its activations are computed inside the graph, and the best match
+# of each position is taken as a constant (the gradient does not flow into the guide).
+GUIDE = "guide"
+GUIDE_INPUTS = (*GRAPH_INPUTS, GUIDE)
 
 # The fused ascent step graph: one Run is one whole DeepDream step, so on a GPU the
 # image can stay on the device for a whole octave. It rolls the image by `shift`
@@ -71,6 +83,7 @@ class Layer:
     group: str  # layers of one group share their graphs
     focus_graph: str  # gradient graph with the loss over this layer's group only
     focus_step_graph: str  # fused ascent step graph, loss over this layer's group only
+    guide_graph: str = ""  # gradient graph (GUIDE_INPUTS) with the guided loss over this layer's group; "": none
 
 
 @dataclass(frozen=True)

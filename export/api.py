@@ -136,12 +136,13 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
     for number, group in enumerate(dream.cut_groups(model.layers)):
         last = group[-1]
         stem = f"{number:02d}_{_file_safe(model.layers[last].name)}"
-        files = {kind: f"{stem}{kind}.onnx" for kind in ("", ".step", ".focus", ".focus.step")}
+        files = {kind: f"{stem}{kind}.onnx" for kind in ("", ".step", ".focus", ".focus.step", ".guide")}
         up_to_group = list(range(last + 1))
         _save(dream.build_gradient_graph(prepared, up_to_group), model_dir / files[""], weights)
         _save(dream.build_step_graph(prepared, up_to_group), model_dir / files[".step"], weights)
         _save(dream.build_gradient_graph(prepared, group), model_dir / files[".focus"], weights)
         _save(dream.build_step_graph(prepared, group), model_dir / files[".focus.step"], weights)
+        _save(dream.build_guide_graph(prepared, group), model_dir / files[".guide"], weights)
         deepest_graph = model_dir / files[""]
         for index in group:
             layer = model.layers[index]
@@ -156,6 +157,7 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
                     group=model.layers[last].name,
                     focus_graph=files[".focus"],
                     focus_step_graph=files[".focus.step"],
+                    guide_graph=files[".guide"],
                 )
             )
             channel_offset += layer.channels

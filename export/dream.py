@@ -9,6 +9,9 @@ dream loss
 over them, its gradient with respect to the image (our reverse pass),
 and each layer's channel means. The step graph wraps the same computation in
 one whole DeepDream step (roll, gradient, roll back, normalise, update, clip).
+The guide graph swaps the L2 loss for google/deepdream's guided one (see
+`_emit_guided_loss`), reading the guide picture's activations from the same
+forward run on the `guide` input.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dreamstream.modeldir import (
     CHANNEL_MEANS,
     CHANNEL_WEIGHTS,
     GRAD,
+    GUIDE,
     IMAGE,
     IMAGE_OUT,
     LAYER_WEIGHTS,
@@ -144,10 +148,15 @@ def _rename_output(nodes: list[onnx.NodeProto], old: str, new: str) -> None:
 
 
 def _emit_dream(
-    builder: GraphBuilder, prepared: PreparedBackbone, loss_layers: list[int], source: str
+    builder: GraphBuilder,
+    prepared: PreparedBackbone,
+    loss_layers: list[int],
+    source: str,
+    guide: dict[str, str] | None = None,
 ) -> tuple[str, str, str]:
     """Forward to the layers in `loss_layers`, their loss and channel means, and the gradient
     of the loss w.r.t. `source`. Other layers' weights are ignored, their means are zero.
+    With `guide` (layer tensor -> the guide's activation there) the loss is the guided one.
 
     Returns the names of (loss, gradient, channel means).
     """
@@ -167,7 +176,10 @@ def _emit_dream(
             if zero_run:
                 means.append(_zero_means(builder, source, zero_run))
                 zero_run = 0
-            term, seed = _emit_layer_loss(builder, layer, index, offset)
+            if guide is None:
+                term, seed = _emit_layer_loss(builder, layer, index, offset)
+            else:
+                term, seed = _emit_guided_loss(builder, layer, index, offset, guide[layer.tensor])
             terms.append(term)
             seeds[layer.tensor] = seed
             means.append(builder.op("ReduceMean", layer.tensor, hint="channel_mean", axes=[2, 3], keepdims=0))
@@ -197,18 +209,68 @@ def _emit_layer_loss(builder: GraphBuilder, layer: DreamLayer, index: int, offse
     """One layer's loss term [N] and the gradient of the loss with respect to its activation."""
     g = builder
     a = layer.tensor
-    channel_w = g.op("Slice", CHANNEL_WEIGHTS, g.ints([offset]), g.ints([offset + layer.channels]))
-    channel_w = g.op("Reshape", channel_w, g.ints([1, layer.channels, 1, 1]), hint="channel_w")
-    layer_w = g.op("Slice", LAYER_WEIGHTS, g.ints([index]), g.ints([index + 1]), hint="layer_w")
-    area = g.op("Cast", g.op("ReduceProd", g.op("Shape", a, start=2, end=4), keepdims=1), to=TensorProto.FLOAT)
-    coefficient = g.op("Div", layer_w, g.op("Mul", area, g.const(float(layer.channels))), hint="coef")
+    channel_w, coefficient = _layer_weighting(g, layer, index, offset)
     weighted = g.op("Mul", a, channel_w, hint="weighted")
     term = g.op("Mul", g.op("ReduceSum", g.op("Mul", weighted, a), g.ints([1, 2, 3]), keepdims=0), coefficient)
     seed = g.op("Mul", weighted, g.op("Mul", coefficient, g.const(2.0)), hint="loss_grad")
     return term, seed
 
 
-def _interface(step: bool, channel_total: int, layer_count: int) -> list[onnx.ValueInfoProto]:
+def _layer_weighting(g: GraphBuilder, layer: DreamLayer, index: int, offset: int) -> tuple[str, str]:
+    """The layer's channel weights [1,C,1,1] and its loss coefficient layer_weight / (C H W) [1]."""
+    channel_w = g.op("Slice", CHANNEL_WEIGHTS, g.ints([offset]), g.ints([offset + layer.channels]))
+    channel_w = g.op("Reshape", channel_w, g.ints([1, layer.channels, 1, 1]), hint="channel_w")
+    layer_w = g.op("Slice", LAYER_WEIGHTS, g.ints([index]), g.ints([index + 1]), hint="layer_w")
+    shape = g.op("Shape", layer.tensor, start=2, end=4)
+    area = g.op("Cast", g.op("ReduceProd", shape, keepdims=1), to=TensorProto.FLOAT)
+    coefficient = g.op("Div", layer_w, g.op("Mul", area, g.const(float(layer.channels))), hint="coef")
+    return channel_w, coefficient
+
+
+def _emit_guided_loss(builder: GraphBuilder, layer: DreamLayer, index: int, offset: int, guide: str) -> tuple[str, str]:
+    """google/deepdream's guided objective for one layer: its loss term [N] and seed.
+
+    Each position p of the activation x is matched with the guide's feature y_q of
+    largest dot product sum_c w_c x_pc y_qc (w: the channel weights), and the loss is
+    the sum of those best dot products. The match (an ArgMax) is held constant, so the seed is the matched
+    guide features themselves: every position is pushed towards its best guide feature.
+    """
+    g = builder
+    a = layer.tensor
+    channels = layer.channels
+    channel_w, coefficient = _layer_weighting(g, layer, index, offset)
+    positions = g.op("Reshape", a, g.ints([0, channels, -1]), hint="positions")  # [N,C,P]
+    features = g.op("Reshape", g.op("Mul", guide, channel_w), g.ints([channels, -1]), hint="guide_features")  # [C,Q]
+    scores = g.op("MatMul", g.op("Transpose", positions, perm=[0, 2, 1]), features, hint="guide_scores")  # [N,P,Q]
+    best = g.op("ArgMax", scores, hint="guide_best", axis=2, keepdims=0)  # [N,P]
+    matched = g.op("Gather", g.op("Transpose", features, perm=[1, 0]), best, hint="guide_matched", axis=0)  # [N,P,C]
+    matched = g.op("Reshape", g.op("Transpose", matched, perm=[0, 2, 1]), g.op("Shape", a), hint="matched")
+    term = g.op("Mul", g.op("ReduceSum", g.op("Mul", matched, a), g.ints([1, 2, 3]), keepdims=0), coefficient)
+    seed = g.op("Mul", matched, coefficient, hint="guide_grad")
+    return term, seed
+
+
+def _emit_guide_forward(builder: GraphBuilder, prepared: PreparedBackbone, loss_layers: list[int]) -> dict[str, str]:
+    """The same forward run on the `guide` input, every tensor it makes renamed; returns
+    each loss layer's tensor -> the guide's activation there. Nothing differentiates it."""
+    layers = prepared.layers
+    forward = _ancestors(prepared.nodes, {layers[index].tensor for index in loss_layers})
+    renamed = {out: f"guide/{out}" for node in forward for out in node.output if out}
+    renamed[IMAGE] = GUIDE
+    for node in forward:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = f"guide/{node.name}" if node.name else ""
+        copy.ClearField("input")
+        copy.input.extend(renamed.get(name, name) for name in node.input)
+        copy.ClearField("output")
+        copy.output.extend(renamed.get(name, name) for name in node.output)
+        builder.nodes.append(copy)
+    builder.reserve(renamed.values())
+    return {layers[index].tensor: renamed[layers[index].tensor] for index in loss_layers}
+
+
+def _interface(step: bool, channel_total: int, layer_count: int, guide: bool = False) -> list[onnx.ValueInfoProto]:
     inputs = [
         tensor_info(IMAGE, TensorProto.FLOAT, ["N", 3, "H", "W"]),
         tensor_info(LAYER_WEIGHTS, TensorProto.FLOAT, [layer_count]),
@@ -216,6 +278,8 @@ def _interface(step: bool, channel_total: int, layer_count: int) -> list[onnx.Va
     ]
     if step:
         inputs += [tensor_info(SHIFT, TensorProto.INT64, [2]), tensor_info(STEP_SIZE, TensorProto.FLOAT, [1])]
+    if guide:
+        inputs.append(tensor_info(GUIDE, TensorProto.FLOAT, [1, 3, "h", "w"]))
     return inputs
 
 
@@ -229,6 +293,16 @@ def build_gradient_graph(prepared: PreparedBackbone, loss_layers: list[int]) -> 
     for old, new in ((loss, LOSS), (grad, GRAD), (means, CHANNEL_MEANS)):
         _rename_output(builder.nodes, old, new)
     return _finish(builder, prepared, step=False)
+
+
+def build_guide_graph(prepared: PreparedBackbone, loss_layers: list[int]) -> onnx.ModelProto:
+    """The gradient graph with the guided loss: inputs as the gradient graph plus `guide`."""
+    builder = GraphBuilder(prefix="d/")
+    guide = _emit_guide_forward(builder, prepared, loss_layers)
+    loss, grad, means = _emit_dream(builder, prepared, loss_layers, IMAGE, guide)
+    for old, new in ((loss, LOSS), (grad, GRAD), (means, CHANNEL_MEANS)):
+        _rename_output(builder.nodes, old, new)
+    return _finish(builder, prepared, step=False, guide=True)
 
 
 def build_step_graph(prepared: PreparedBackbone, loss_layers: list[int]) -> onnx.ModelProto:
@@ -268,7 +342,7 @@ def _roll(g: GraphBuilder, x: str, shift: str, size: str, axis: int) -> str:
     return g.op("Concat", tail, head, hint="rolled", axis=axis)
 
 
-def _finish(builder: GraphBuilder, prepared: PreparedBackbone, step: bool) -> onnx.ModelProto:
+def _finish(builder: GraphBuilder, prepared: PreparedBackbone, step: bool, guide: bool = False) -> onnx.ModelProto:
     layers = prepared.layers
     channel_total = sum(layer.channels for layer in layers)
     if step:
@@ -282,7 +356,7 @@ def _finish(builder: GraphBuilder, prepared: PreparedBackbone, step: bool) -> on
             tensor_info(GRAD, TensorProto.FLOAT, ["N", 3, "H", "W"]),
             tensor_info(CHANNEL_MEANS, TensorProto.FLOAT, ["N", channel_total]),
         ]
-    inputs = _interface(step, channel_total, len(layers))
+    inputs = _interface(step, channel_total, len(layers), guide)
     # The forward's weights live in the prepared constants, not in this builder.
     used = {name for node in builder.nodes for name in node.input}
     for name, value in prepared.constants.items():

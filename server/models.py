@@ -55,7 +55,8 @@ def model_file(directory: Path, relative: str, what: str) -> Path:
 def check_model_files(directory: Path, manifest: Manifest) -> None:
     """Every graph inside the folder and present, the weights matching their sha256."""
     for layer in manifest.layers:
-        for graph in (layer.graph, layer.step_graph, layer.focus_graph, layer.focus_step_graph):
+        graphs = (layer.graph, layer.step_graph, layer.focus_graph, layer.focus_step_graph, layer.guide_graph)
+        for graph in filter(None, graphs):  # an older export has no guide graph
             model_file(directory, graph, "graph")
     weights = model_file(directory, manifest.weights_file, "weights file")
     digest = hashlib.sha256()

@@ -28,7 +28,7 @@ def assert_graphs_pass_checker_and_cuda_audit(model_dir: Path) -> None:
     graphs = {
         name
         for layer in manifest.layers
-        for name in (layer.graph, layer.step_graph, layer.focus_graph, layer.focus_step_graph)
+        for name in (layer.graph, layer.step_graph, layer.focus_graph, layer.focus_step_graph, layer.guide_graph)
     }
     for name in sorted(graphs):
         onnx.checker.check_model(str(model_dir / name), full_check=True)
