@@ -9,24 +9,34 @@ octave added (its "detail") is scaled up and added to the next, larger, octave
 of the original picture, so the result keeps the original's sharpness.
 
 One step is one Run of the model's fused step graph (see `steppers` and
-`dreamstream.modeldir`): roll, gradient, roll back, normalise, add, clip.
+`dreamstream.modeldir`): roll, gradient, roll back, normalise, add, clip; the
+controls that reshape the gradient run the gradient graph instead (see
+`GradientSteps`). The dream controls around the ascent: channels ranked on the
+picture (`objectives`), octaves above the picture's size brought back to it,
+original colours on every frame (`colours`), and `repeat` rounds, each
+dreaming the result of the one before.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
 
+from dreamstream.modeldir import CHANNEL_MEANS, CHANNEL_WEIGHTS, GUIDE, IMAGE, LAYER_WEIGHTS
+from dreamstream.server.engine.colours import keep_original_colours
 from dreamstream.server.engine.limits import DEFAULT_LIMITS, Limits
+from dreamstream.server.engine.normalise import ascent_direction
+from dreamstream.server.engine.objectives import channel_weights
 from dreamstream.server.engine.octaves import resize
 from dreamstream.server.engine.plan import DreamPlan, plan_dream
 from dreamstream.server.engine.request import DreamSpec
-from dreamstream.server.engine.steppers import BoundSteps, HostSteps, Stepper, step_constants
+from dreamstream.server.engine.steppers import BoundSteps, GradientSteps, HostSteps, Stepper, step_constants
 from dreamstream.server.models import ModelRepository
 from dreamstream.server.refusals import TimeLimit
 
@@ -48,6 +58,7 @@ class Step:
     loss: float  # the objective before this step
     elapsed: float  # seconds since the dream started
     done: float  # fraction of the dream's work done, steps weighted by their octave's pixels
+    round: int = 1  # with repeat: which round, from 1
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class Octave:
     image: np.ndarray = field(repr=False)
     final: bool
     elapsed: float
+    round: int = 1  # with repeat: which round, from 1
 
 
 DreamEvent = Step | Octave
@@ -96,48 +108,80 @@ class DreamEngine:
         The picture is decoded here, in the caller's thread. Setting `cancel` stops the
         dream before its next step with DreamCancelled.
         """
-        params = plan.params
         # Any int64 seeds a dream (the .proto says so); numpy wants it unsigned.
-        rng = np.random.default_rng(params.seed & _UINT64)
-        began = time.perf_counter()
+        rng = np.random.default_rng(plan.params.seed & _UINT64)
+        clock = _Clock(plan)
         original = np.ascontiguousarray(plan.start.pixels(rng).transpose(2, 0, 1), np.float32)
-        stepper = self._stepper(plan)
-        total_work = params.steps_per_octave * sum(h * w for h, w in plan.sizes)
-        work = 0
+        guide = plan.guide.pixels() if plan.guide is not None else None
+        picture = original
+        for round_number in range(1, plan.params.rounds + 1):
+            picture = yield from self._round(plan, picture, original, guide, round_number, rng, clock, cancel)
+
+    def _round(
+        self,
+        plan: DreamPlan,
+        picture: np.ndarray,
+        original: np.ndarray,
+        guide: np.ndarray | None,
+        round_number: int,
+        rng: np.random.Generator,
+        clock: _Clock,
+        cancel: threading.Event | None,
+    ) -> Generator[DreamEvent, None, np.ndarray]:
+        """One pass of the octaves over `picture` (3xHxW); returns the round's result.
+
+        `original` is the input picture, whose colours original_colors keeps.
+        """
+        params = plan.params
+        octaves = len(plan.sizes)
+        last_round = round_number == params.rounds
+        weights = plan.channel_weights
+        if plan.channels.ranked and not plan.channels.per_octave:
+            weights = self._ranked_weights(plan, resize(picture, *plan.sizes[0]))
         detail: np.ndarray | None = None
         for octave, (height, width) in enumerate(plan.sizes, start=1):
-            base = resize(original, height, width)
-            image = base if detail is None else base + resize(detail, height, width)
-            stepper.start(np.clip(image, 0, 1))
+            base = resize(picture, height, width)
+            image = np.clip(base if detail is None else base + resize(detail, height, width), 0, 1)
+            if plan.channels.ranked and plan.channels.per_octave:
+                weights = self._ranked_weights(plan, image)
+            stepper = self._stepper(plan, weights, guide)
+            stepper.start(image)
             for step in range(1, params.steps_per_octave + 1):
                 if cancel is not None and cancel.is_set():
                     raise DreamCancelled(f"cancelled at octave {octave}, step {step}")
-                self._check_time(time.perf_counter() - began, plan, octave, step)
+                self._check_time(clock.elapsed, plan, octave, step)
                 jitter = rng.integers(-params.jitter, params.jitter + 1, size=2, dtype=np.int64)
                 # The step graphs roll by 0 <= shift < size; a roll by -3 is a roll by size - 3.
                 shift = jitter % np.array([height, width], np.int64)
                 loss = stepper.step(shift)
                 with self._count_lock:
                     self._steps_run += 1
-                work += height * width
+                clock.work += height * width
                 yield Step(
                     octave=octave,
-                    octaves=len(plan.sizes),
+                    octaves=octaves,
                     step=step,
                     steps=params.steps_per_octave,
                     loss=loss,
-                    elapsed=time.perf_counter() - began,
-                    done=work / total_work,
+                    elapsed=clock.elapsed,
+                    done=clock.done,
+                    round=round_number,
                 )
             image = stepper.result()
             detail = image - base
+            if octave == octaves:  # the round's result, at the result's size
+                image = resize(image, *plan.size)
+            if params.original_colors:
+                image = _with_colours_of(image, original)
             yield Octave(
                 octave=octave,
-                octaves=len(plan.sizes),
+                octaves=octaves,
                 image=image.transpose(1, 2, 0),
-                final=octave == len(plan.sizes),
-                elapsed=time.perf_counter() - began,
+                final=last_round and octave == octaves,
+                elapsed=clock.elapsed,
+                round=round_number,
             )
+        return image
 
     def _check_time(self, elapsed: float, plan: DreamPlan, octave: int, step: int) -> None:
         limit = self.limits.max_dream_seconds
@@ -149,11 +193,53 @@ class DreamEngine:
                 field="steps_per_octave",
             )
 
-    def _stepper(self, plan: DreamPlan) -> Stepper:
+    def _ranked_weights(self, plan: DreamPlan, image: np.ndarray) -> np.ndarray:
+        """Channel weights with the channel mode's layers ranked on `image` (3xHxW)."""
+        session = plan.model.session(plan.model.graph_for(plan.params.layers))
+        feeds = {
+            IMAGE: np.ascontiguousarray(image[None], np.float32),
+            LAYER_WEIGHTS: plan.layer_weights,
+            CHANNEL_WEIGHTS: np.ones(plan.model.manifest.channel_total, np.float32),
+        }
+        (means,) = session.run([CHANNEL_MEANS], feeds)
+        return channel_weights(plan.model.manifest, plan.channels, means[0])
+
+    def _stepper(self, plan: DreamPlan, channel_weights: np.ndarray, guide: np.ndarray | None) -> Stepper:
+        params = plan.params
+        if plan.gradient_graph is not None:
+            feeds = {LAYER_WEIGHTS: plan.layer_weights, CHANNEL_WEIGHTS: channel_weights}
+            if guide is not None:
+                feeds[GUIDE] = guide
+            direction = functools.partial(ascent_direction, lap_levels=params.lap_levels, tv_weight=params.tv_weight)
+            return GradientSteps(plan.model.session(plan.gradient_graph), feeds, params.step_size, direction)
         session: ort.InferenceSession = plan.model.session(plan.step_graph)
         device = plan.model.device.kind
         keep = self._keep_on_device if self._keep_on_device is not None else device == "cuda"
-        constants = step_constants(plan.layer_weights, plan.channel_weights, plan.params.step_size)
+        constants = step_constants(plan.layer_weights, channel_weights, params.step_size)
         if keep:
             return BoundSteps(session, constants, device)
         return HostSteps(session, constants)
+
+
+def _with_colours_of(image: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """`image` (3xHxW) with the chroma of `original` at the same size."""
+    reference = resize(original, *image.shape[1:]).transpose(1, 2, 0)
+    return keep_original_colours(image.transpose(1, 2, 0), reference).transpose(2, 0, 1)
+
+
+class _Clock:
+    """Time since the dream began, and the fraction of its work done (steps weighted by
+    their octave's pixels, over every round)."""
+
+    def __init__(self, plan: DreamPlan) -> None:
+        self.began = time.perf_counter()
+        self.total = plan.params.rounds * plan.params.steps_per_octave * sum(h * w for h, w in plan.sizes)
+        self.work = 0
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.began
+
+    @property
+    def done(self) -> float:
+        return self.work / self.total

@@ -11,14 +11,17 @@ import numpy as np
 from PIL import Image
 
 
-def octave_sizes(height: int, width: int, octaves: int, scale: float, min_size: int) -> tuple[tuple[int, int], ...]:
-    """(height, width) of each octave, smallest first, ending at (height, width).
+def octave_sizes(
+    height: int, width: int, octaves: int, scale: float, min_size: int, above: int = 0
+) -> tuple[tuple[int, int], ...]:
+    """(height, width) of each octave, smallest first: `octaves` of them ending at (height, width),
+    then `above` more above the picture's size (the TensorFlow tutorial's octave range).
 
     Each octave is `scale` times smaller than the next; none has a side below
     `min_size` (those octaves stay at the smallest size the model accepts).
     """
     sizes = []
-    for k in range(octaves - 1, -1, -1):
+    for k in range(octaves - 1, -above - 1, -1):
         factor = max(scale**-k, min_size / min(height, width))
         sizes.append((max(min_size, round(height * factor)), max(min_size, round(width * factor))))
     return tuple(sizes)

@@ -18,6 +18,7 @@ import numpy as np
 
 from dreamstream.server import imaging
 from dreamstream.server.engine.limits import DEFAULT_LIMITS, Limits, decode_memory, step_memory
+from dreamstream.server.engine.objectives import ChannelSelection, Guide, channel_weights, plan_channels, plan_guide
 from dreamstream.server.engine.octaves import octave_sizes
 from dreamstream.server.engine.request import DEFAULT_MAX_SIZE, DreamParams, DreamSpec, resolve_params
 from dreamstream.server.models import Model, ModelRepository
@@ -67,29 +68,36 @@ class DreamPlan:
     sizes: tuple[tuple[int, int], ...]  # (height, width) of each octave, smallest first
     step_graph: str  # the fused step graph that runs, chosen for the layer weights
     layer_weights: np.ndarray
-    channel_weights: np.ndarray
+    channel_weights: np.ndarray  # before any ranking of `channels`
     frame_format: ImageFormat
+    channels: ChannelSelection = ChannelSelection()
+    guide: Guide | None = None
+    # The gradient graph that runs instead of the step graph when a control reshapes the
+    # gradient (guide, lap_levels, tv_weight); None: the fused step graph, the fast path.
+    gradient_graph: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:
-        """(height, width) of the result."""
-        return self.sizes[-1]
+        """(height, width) of the result: the picture's own size, or the largest octave's
+        with return_largest."""
+        return self.sizes[-1] if self.params.return_largest else self.start.size
 
     @property
     def steps(self) -> int:
         """Ascent steps in the whole dream."""
-        return self.params.steps_per_octave * len(self.sizes)
+        return self.params.steps_per_octave * len(self.sizes) * self.params.rounds
 
     @property
     def cost(self) -> int:
-        """The ascent's work in pixel-steps: each octave's pixels times its steps."""
-        return self.params.steps_per_octave * sum(height * width for height, width in self.sizes)
+        """The ascent's work in pixel-steps: each octave's pixels times its steps, in every round."""
+        return self.params.rounds * self.params.steps_per_octave * sum(height * width for height, width in self.sizes)
 
     @property
     def memory(self) -> int:
-        """Bytes the dream is expected to take at most: decoding its picture, or its largest step."""
-        height, width = self.size
-        return max(decode_memory(self.start.input_pixels), step_memory(height * width))
+        """Bytes the dream is expected to take at most: decoding its picture, or its largest step
+        (octaves above the picture are larger than the picture)."""
+        largest = max(height * width for height, width in self.sizes)
+        return max(decode_memory(self.start.input_pixels), step_memory(largest))
 
 
 def plan_dream(spec: DreamSpec, models: ModelRepository, limits: Limits = DEFAULT_LIMITS) -> DreamPlan:
@@ -100,17 +108,29 @@ def plan_dream(spec: DreamSpec, models: ModelRepository, limits: Limits = DEFAUL
     layer_weights = _layer_weights(model, params.layers)
     start = _start(spec, model, limits)
     height, width = start.size
+    sizes = octave_sizes(height, width, params.octaves, params.octave_scale, manifest.min_size, params.octaves_above)
+    if max(sizes[-1]) > manifest.max_size:
+        raise InvalidRequest(
+            f"{params.octaves_above} octave(s) above the picture reach {sizes[-1][1]}x{sizes[-1][0]} px, "
+            f"more than model {manifest.name}'s {manifest.max_size} px per side: lower octaves_above or max_size",
+            reason="IMAGE_TOO_LARGE",
+            field="octaves_above",
+        )
+    channels = plan_channels(spec, manifest, params.layers)
+    guide = plan_guide(spec, model, params.layers, limits.max_input_pixels)
+    reshaped = params.lap_levels or params.tv_weight
     plan = DreamPlan(
         model=model,
         params=params,
         start=start,
-        sizes=octave_sizes(height, width, params.octaves, params.octave_scale, manifest.min_size),
+        sizes=sizes,
         step_graph=model.step_graph_for(params.layers),
         layer_weights=layer_weights,
-        # Every channel counts the same until per-channel dreams arrive; the graphs
-        # already take the vector.
-        channel_weights=np.ones(manifest.channel_total, np.float32),
+        channel_weights=channel_weights(manifest, channels),
         frame_format=spec.frame_format,
+        channels=channels,
+        guide=guide,
+        gradient_graph=guide.graph if guide else model.graph_for(params.layers) if reshaped else None,
     )
     _check_costs(plan, limits)
     return plan

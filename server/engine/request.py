@@ -8,7 +8,8 @@ the README.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,20 @@ MAX_STEPS_PER_OCTAVE = 1000
 MAX_OCTAVE_SCALE = 4.0
 MAX_STEP_SIZE = 1.0
 MAX_JITTER = 1024
+MAX_LAP_LEVELS = 8
+MAX_TV_WEIGHT = 100.0
+MAX_OCTAVES_ABOVE = 4
+MAX_REPEAT = 20
+DEFAULT_CHANNEL_COUNT = 10
+
+
+class ChannelMode(enum.Enum):
+    """Which channels of each dreamed layer an automatic selection keeps, ranked by their
+    mean activation on the picture (neural-dream's channel modes)."""
+
+    STRONGEST = "strongest"
+    WEAKEST = "weakest"
+    AVERAGE = "average"  # the middle of the ranking
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,18 @@ class DreamSpec:
     seed: int = 0
     max_size: int | None = None
     frame_format: ImageFormat = DEFAULT_FORMAT
+    # The dream controls: objective (guide, channels) and picture (colours, gradient, octaves).
+    guide: bytes | None = field(default=None, repr=False)  # an encoded picture
+    channels: Mapping[str, Sequence[int]] | None = None  # layer name -> the channels to dream on
+    channel_mode: ChannelMode | None = None
+    channel_count: int | None = None
+    rank_channels_per_octave: bool = False
+    original_colors: bool = False
+    lap_levels: int | None = None
+    tv_weight: float | None = None
+    octaves_above: int | None = None
+    return_largest: bool = False
+    repeat: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,9 +92,29 @@ class DreamParams:
     step_size: float = DEFAULT_STEP_SIZE
     jitter: int = DEFAULT_JITTER
     seed: int = 0
+    original_colors: bool = False
+    lap_levels: int = 0  # 0: the gradient is normalised by its mean absolute value alone
+    tv_weight: float = 0.0
+    octaves_above: int = 0
+    return_largest: bool = False
+    repeat: int = 0  # rounds after the first
+
+    @property
+    def rounds(self) -> int:
+        return self.repeat + 1
 
     def __post_init__(self) -> None:
         _check_range("octaves", self.octaves, 1, MAX_OCTAVES)
+        _check_range("lap_levels", self.lap_levels, 0, MAX_LAP_LEVELS, "lap levels")
+        _check_range("tv_weight", self.tv_weight, 0.0, MAX_TV_WEIGHT, "tv weight")
+        _check_range("octaves_above", self.octaves_above, 0, MAX_OCTAVES_ABOVE, "octaves above")
+        _check_range("repeat", self.repeat, 0, MAX_REPEAT)
+        if self.return_largest and not self.octaves_above:
+            raise InvalidRequest(
+                "return_largest needs octaves_above: without octaves above the picture the largest "
+                "octave is the picture's own size",
+                field="return_largest",
+            )
         _check_range("octave_scale", self.octave_scale, 1.0, MAX_OCTAVE_SCALE)
         _check_range("steps_per_octave", self.steps_per_octave, 1, MAX_STEPS_PER_OCTAVE, "steps per octave")
         _check_range("jitter", self.jitter, 0, MAX_JITTER)
@@ -97,11 +144,18 @@ def resolve_params(spec: DreamSpec, default_layers: Mapping[str, float]) -> Drea
         return default if value is None else value
 
     return DreamParams(
-        layers=dict(spec.layers or default_layers),
+        # Channels chosen for layers the spec does not weigh name the layers to dream on.
+        layers=dict(spec.layers or {name: 1.0 for name in spec.channels or {}} or default_layers),
         octaves=chosen(spec.octaves, DEFAULT_OCTAVES),
         octave_scale=chosen(spec.octave_scale, DEFAULT_OCTAVE_SCALE),
         steps_per_octave=chosen(spec.steps_per_octave, DEFAULT_STEPS_PER_OCTAVE),
         step_size=chosen(spec.step_size, DEFAULT_STEP_SIZE),
         jitter=chosen(spec.jitter, DEFAULT_JITTER),
         seed=spec.seed,
+        original_colors=spec.original_colors,
+        lap_levels=chosen(spec.lap_levels, 0),
+        tv_weight=chosen(spec.tv_weight, 0.0),
+        octaves_above=chosen(spec.octaves_above, 0),
+        return_largest=spec.return_largest,
+        repeat=chosen(spec.repeat, 0),
     )

@@ -3,17 +3,20 @@
 `HostSteps` feeds numpy arrays (on the CPU the picture lives in host memory
 anyway); `BoundSteps` keeps the picture in device memory for a whole octave
 through IOBinding, so on CUDA a step copies nothing but its shift in and its
-loss out.
+loss out. `GradientSteps` runs the gradient graph instead and does the rest of
+the step on the host, for the controls that reshape the gradient (a guide's
+graph, Laplacian normalisation, TV regularisation; see `normalise`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
 
-from dreamstream.modeldir import CHANNEL_WEIGHTS, IMAGE, IMAGE_OUT, LAYER_WEIGHTS, LOSS, SHIFT, STEP_SIZE
+from dreamstream.modeldir import CHANNEL_WEIGHTS, GRAD, IMAGE, IMAGE_OUT, LAYER_WEIGHTS, LOSS, SHIFT, STEP_SIZE
 
 
 class Stepper(Protocol):
@@ -90,3 +93,39 @@ class BoundSteps:
 
     def result(self) -> np.ndarray:
         return self._image.numpy()[0]
+
+
+class GradientSteps:
+    """One Run of the gradient graph per step; the roll, the step and the clip in numpy.
+
+    `direction(grad, image)` turns the gradient (rolled back) into what the step adds
+    before `step_size`; `feeds` are the graph's inputs other than the picture.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        feeds: dict[str, np.ndarray],
+        step_size: float,
+        direction: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    ) -> None:
+        self._session = session
+        self._feeds = dict(feeds)
+        self._step_size = step_size
+        self._direction = direction
+        self._image: np.ndarray | None = None
+
+    def start(self, image: np.ndarray) -> None:
+        self._image = np.ascontiguousarray(image, np.float32)
+
+    def step(self, shift: np.ndarray) -> float:
+        axes = (1, 2)
+        rolled = np.roll(self._image, tuple(shift), axis=axes)
+        loss, grad = self._session.run([LOSS, GRAD], {**self._feeds, IMAGE: rolled[None]})
+        grad = np.roll(grad[0], tuple(-shift), axis=axes)
+        moved = self._image + self._step_size * self._direction(grad, self._image)
+        self._image = np.clip(moved, 0.0, 1.0).astype(np.float32)
+        return float(loss[0])
+
+    def result(self) -> np.ndarray:
+        return self._image
