@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from dreamstream.client.client import DreamClient, DreamOptions
+from dreamstream.client.client import CHANNEL_MODES, DreamClient, DreamOptions
 from dreamstream.client.connection import TOKEN_ENV, ConnectionSettingsError
 from dreamstream.client.errors import DreamstreamError
 from dreamstream.client.events import Frame, Progress
@@ -26,6 +26,7 @@ from dreamstream.cmdline import (
     EXIT_UNREACHABLE,
     CommandError,
     layer_table,
+    non_negative_int,
     positive_int,
 )
 from dreamstream.wire import DEFAULT_TARGET, UnknownFormat, format_of_suffix
@@ -130,6 +131,7 @@ def _add_dream_parser(subparsers: argparse._SubParsersAction) -> None:
     server_argument(parser)
     parser.add_argument("--noise", metavar="WxH", help="dream on seeded noise of this size instead of INPUT")
     add_dream_options(parser)
+    _add_control_arguments(parser)
     parser.add_argument(
         "--save-octaves",
         type=Path,
@@ -166,6 +168,43 @@ def add_dream_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_control_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dream controls: what to amplify (guide, channels) and how the picture changes."""
+    controls = parser.add_argument_group("dream controls")
+    controls.add_argument("--guide", type=Path, metavar="IMAGE", help="dream towards what the network sees in IMAGE")
+    controls.add_argument(
+        "--channels",
+        action="append",
+        metavar="LAYER:C1,C2,...",
+        help="dream on these channels of LAYER only (repeatable; the layer is dreamed on if --layers is left out)",
+    )
+    controls.add_argument(
+        "--channel-mode", choices=list(CHANNEL_MODES), help="choose channels of each layer by their mean on the picture"
+    )
+    controls.add_argument(
+        "--channel-count", type=positive_int, metavar="N", help="channels --channel-mode keeps (default 10)"
+    )
+    controls.add_argument(
+        "--rank-channels-per-octave",
+        action="store_true",
+        help="rank the channels again at every octave (default: once, on the picture)",
+    )
+    controls.add_argument(
+        "--original-colors", action="store_true", help="keep the picture's colours, take the dream's luminance"
+    )
+    controls.add_argument(
+        "--lap-levels", type=non_negative_int, metavar="N", help="Laplacian pyramid gradient normalisation levels"
+    )
+    controls.add_argument("--tv-weight", type=float, metavar="F", help="total variation regularisation (e.g. 0.5)")
+    controls.add_argument("--octaves-above", type=non_negative_int, metavar="N", help="octaves past the picture's size")
+    controls.add_argument(
+        "--return-largest",
+        action="store_true",
+        help="with --octaves-above: the result at the largest octave's size, not the picture's",
+    )
+    controls.add_argument("--repeat", type=non_negative_int, metavar="N", help="dream the result again N times")
+
+
 def _add_models_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("models", help="list a server's models and their layers")
     server_argument(parser)
@@ -188,6 +227,21 @@ def parse_layers(text: str) -> dict[str, float]:
     return layers
 
 
+def parse_channels(items: Sequence[str]) -> dict[str, list[int]]:
+    """["a:1,2", "b:7"] -> {"a": [1, 2], "b": [7]}."""
+    channels: dict[str, list[int]] = {}
+    for item in items:
+        layer, colon, numbers = item.rpartition(":")
+        try:
+            chosen = [int(number) for number in numbers.split(",") if number.strip()]
+        except ValueError:
+            chosen = []
+        if not (colon and layer and chosen):
+            raise CommandError(f"--channels {item}: give LAYER:C1,C2,... with channel numbers, e.g. {layer or 'x'}:3,7")
+        channels.setdefault(layer, []).extend(chosen)
+    return channels
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """ "640x480" -> (640, 480)."""
     width, x, height = text.lower().partition("x")
@@ -202,7 +256,7 @@ def run_dream(args: argparse.Namespace) -> int:
         fmt = format_of_suffix(args.output.suffix).name
     except UnknownFormat:
         raise CommandError(f"cannot tell the format of {args.output}: name it .png, .jpg or .webp") from None
-    options = dream_options(args, fmt)
+    options = DreamOptions(**dream_options(args, fmt), **control_options(args))
     image = None
     if args.noise:
         if args.input is not None:
@@ -229,7 +283,9 @@ def run_dream(args: argparse.Namespace) -> int:
                 frames.append(event)
                 saved = None
                 if args.save_octaves:
-                    saved = event.save(args.save_octaves / f"octave-{event.octave}{event.suffix}")
+                    # With --repeat every round has its octaves: name them apart.
+                    name = f"round-{event.round}-octave-{event.octave}" if args.repeat else f"octave-{event.octave}"
+                    saved = event.save(args.save_octaves / f"{name}{event.suffix}")
                 if bar:
                     bar.frame(event, saved)
     finally:
@@ -289,6 +345,31 @@ def dream_options(args: argparse.Namespace, fmt: str) -> DreamOptions:
     return options
 
 
+def control_options(args: argparse.Namespace) -> DreamOptions:
+    """The DreamOptions of the flags `_add_control_arguments` added."""
+    options = DreamOptions()
+    if args.channels:
+        options["channels"] = parse_channels(args.channels)
+    if args.guide is not None:
+        if not args.guide.is_file():
+            raise CommandError(f"--guide {args.guide} is not a file")
+        options["guide"] = args.guide
+    for option, value in (
+        ("channel_mode", args.channel_mode),
+        ("channel_count", args.channel_count),
+        ("lap_levels", args.lap_levels),
+        ("tv_weight", args.tv_weight),
+        ("octaves_above", args.octaves_above),
+        ("repeat", args.repeat),
+    ):
+        if value is not None:
+            options[option] = value
+    for flag in ("rank_channels_per_octave", "original_colors", "return_largest"):
+        if getattr(args, flag):
+            options[flag] = True
+    return options
+
+
 def write_gif(frames: list[Frame], path: Path) -> None:
     """An animated GIF of the octaves, each scaled to the final size, the result held longest."""
     size = (frames[-1].width, frames[-1].height)
@@ -310,6 +391,7 @@ def run_models(args: argparse.Namespace) -> int:
     for model in models:
         default = " (default)" if model.default else ""
         sides = f"sides {model.min_size} to {model.max_size} px"
-        print(f"{model.name}{default}: {model.backbone}, {sides}")
+        guide = ", guided dreams" if model.supports_guide else ""
+        print(f"{model.name}{default}: {model.backbone}, {sides}{guide}")
         print("\n".join(layer_table(model.layers, model.default_layers, indent="  ")))
     return 0

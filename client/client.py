@@ -12,7 +12,7 @@ import io
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TypedDict, Unpack
 
 import grpc
@@ -55,7 +55,24 @@ class DreamOptions(TypedDict, total=False):
     width: int  # with height, and no image: dream on seeded noise
     height: int
     format: str  # of the frames: "png" (default), "jpeg" or "webp"
+    guide: ImageInput  # a guide picture: dream towards what the network sees in it
+    channels: Mapping[str, Sequence[int]]  # layer name -> the channels of it to dream on
+    channel_mode: str  # "strongest", "weakest" or "average": choose channel_count channels per layer
+    channel_count: int
+    rank_channels_per_octave: bool
+    original_colors: bool  # keep the picture's colours, take the dream's luminance
+    lap_levels: int  # Laplacian pyramid gradient normalisation, 0 for none
+    tv_weight: float  # total variation regularisation, 0 for none
+    octaves_above: int  # octaves past the picture's size
+    return_largest: bool  # with octaves_above: the result at the largest octave's size
+    repeat: int  # dream the result again this many times
 
+
+CHANNEL_MODES = {
+    "strongest": dream_pb2.CHANNEL_MODE_STRONGEST,
+    "weakest": dream_pb2.CHANNEL_MODE_WEAKEST,
+    "average": dream_pb2.CHANNEL_MODE_AVERAGE,
+}
 
 DREAM_OPTIONS = tuple(DreamOptions.__annotations__)
 
@@ -98,6 +115,9 @@ def build_request(image: ImageInput | None, options: DreamOptions) -> dream_pb2.
             f"unknown dream option(s): {', '.join(sorted(unknown))}; the options are {', '.join(DREAM_OPTIONS)}"
         )
     fmt = format_named(options.get("format", "png"))
+    mode = options.get("channel_mode")
+    if mode is not None and mode not in CHANNEL_MODES:
+        raise ValueError(f"unknown channel_mode {mode!r}: use {', '.join(CHANNEL_MODES)}")
     request = dream_pb2.DreamRequest(
         image=b"" if image is None else image_bytes(image),
         model=options.get("model", ""),
@@ -111,6 +131,20 @@ def build_request(image: ImageInput | None, options: DreamOptions) -> dream_pb2.
         width=options.get("width", 0),
         height=options.get("height", 0),
         format=fmt.enum,
+        guide=image_bytes(options["guide"]) if options.get("guide") is not None else b"",
+        channels={
+            layer: dream_pb2.ChannelList(channels=list(channels))
+            for layer, channels in options.get("channels", {}).items()
+        },
+        channel_mode=CHANNEL_MODES[mode] if mode is not None else dream_pb2.CHANNEL_MODE_UNSPECIFIED,
+        channel_count=options.get("channel_count", 0),
+        rank_channels_per_octave=options.get("rank_channels_per_octave", False),
+        original_colors=options.get("original_colors", False),
+        lap_levels=options.get("lap_levels", 0),
+        tv_weight=options.get("tv_weight", 0.0),
+        octaves_above=options.get("octaves_above", 0),
+        return_largest=options.get("return_largest", False),
+        repeat=options.get("repeat", 0),
     )
     if "jitter" in options:  # optional in the proto: an explicit 0 turns jitter off
         request.jitter = options["jitter"]

@@ -42,6 +42,7 @@ class Progress:
     loss: float  # the dream objective before this step
     elapsed: float  # seconds since the server started this dream
     done: float  # fraction of the dream's work done, in [0, 1]
+    round: int = 1  # with the `repeat` option: the round of this step, from 1
 
     @property
     def seconds_left(self) -> float | None:
@@ -62,6 +63,7 @@ class Frame:
     data: bytes = field(repr=False)
     format: str  # "png", "jpeg" or "webp"
     final: bool  # the last frame: the result at the output size
+    round: int = 1  # with the `repeat` option: the round of this frame, from 1
 
     def image(self) -> Image.Image:
         """The frame decoded into a Pillow image (decoded anew on each call)."""
@@ -102,6 +104,7 @@ class ModelInfo:
     min_size: int
     max_size: int
     default: bool  # the model used when a dream names none
+    supports_guide: bool = False  # exported with guide graphs: the `guide` option works
 
 
 def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent | None:
@@ -132,6 +135,7 @@ def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent | None:
             data=frame.image,
             format=format_of_enum(frame.format).name,
             final=frame.final,
+            round=frame.round or 1,  # a server from before `repeat` sends none
         )
     if kind != "progress":
         return None
@@ -144,6 +148,7 @@ def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent | None:
         loss=progress.loss,
         elapsed=progress.elapsed_seconds,
         done=progress.done,
+        round=progress.round or 1,
     )
 
 
@@ -157,6 +162,7 @@ def models_from_response(response: dream_pb2.ListModelsResponse) -> list[ModelIn
             min_size=model.min_size,
             max_size=model.max_size,
             default=model.name == response.default_model,
+            supports_guide=model.supports_guide,
         )
         for model in response.models
     ]

@@ -33,6 +33,7 @@ from dreamstream.server.engine import (
     Octave,
     Step,
 )
+from dreamstream.server.engine.request import ChannelMode
 from dreamstream.server.error_status import error_status
 from dreamstream.server.refusals import (
     Busy,
@@ -67,12 +68,24 @@ def status_of(error: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+_CHANNEL_MODES = {
+    dream_pb2.CHANNEL_MODE_UNSPECIFIED: None,
+    dream_pb2.CHANNEL_MODE_STRONGEST: ChannelMode.STRONGEST,
+    dream_pb2.CHANNEL_MODE_WEAKEST: ChannelMode.WEAKEST,
+    dream_pb2.CHANNEL_MODE_AVERAGE: ChannelMode.AVERAGE,
+}
+
+
 def spec_from_request(request: dream_pb2.DreamRequest) -> DreamSpec:
     """The request as the engine's DreamSpec: the proto's zeros become None ("the default")."""
     try:
         frame_format = format_of_enum(request.format)
     except UnknownFormat as error:
         raise InvalidRequest(str(error), field="format") from None
+    if request.channel_mode not in _CHANNEL_MODES:
+        raise InvalidRequest(
+            f"unknown channel_mode {request.channel_mode}: use strongest, weakest or average", field="channel_mode"
+        )
     return DreamSpec(
         image=request.image or None,
         noise_size=(request.height, request.width) if (request.width or request.height) else None,
@@ -86,6 +99,17 @@ def spec_from_request(request: dream_pb2.DreamRequest) -> DreamSpec:
         seed=request.seed,
         max_size=request.max_size or None,
         frame_format=frame_format,
+        guide=request.guide or None,
+        channels={layer: tuple(chosen.channels) for layer, chosen in request.channels.items()} or None,
+        channel_mode=_CHANNEL_MODES[request.channel_mode],
+        channel_count=request.channel_count or None,
+        rank_channels_per_octave=request.rank_channels_per_octave,
+        original_colors=request.original_colors,
+        lap_levels=request.lap_levels or None,
+        tv_weight=request.tv_weight or None,
+        octaves_above=request.octaves_above or None,
+        return_largest=request.return_largest,
+        repeat=request.repeat or None,
     )
 
 
@@ -117,6 +141,7 @@ def progress_message(step: Step) -> dream_pb2.DreamResponse:
             loss=step.loss,
             elapsed_seconds=step.elapsed,
             done=step.done,
+            round=step.round,
         )
     )
 
@@ -132,6 +157,7 @@ def frame_message(octave: Octave, data: bytes, plan: DreamPlan) -> dream_pb2.Dre
             image=data,
             format=plan.frame_format.enum,
             final=octave.final,
+            round=octave.round,
         )
     )
 
@@ -344,6 +370,7 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
                     default_layers=model.manifest.default_layers,
                     min_size=model.manifest.min_size,
                     max_size=model.manifest.max_size,
+                    supports_guide=all(layer.guide_graph for layer in model.manifest.layers),
                 )
                 for model in models
             ],

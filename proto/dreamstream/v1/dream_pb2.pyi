@@ -14,6 +14,13 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
 
+class ChannelMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANNEL_MODE_UNSPECIFIED: _ClassVar[ChannelMode]
+    CHANNEL_MODE_STRONGEST: _ClassVar[ChannelMode]
+    CHANNEL_MODE_WEAKEST: _ClassVar[ChannelMode]
+    CHANNEL_MODE_AVERAGE: _ClassVar[ChannelMode]
+
 class BlendMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     BLEND_MODE_UNSPECIFIED: _ClassVar[BlendMode]
@@ -24,13 +31,23 @@ IMAGE_FORMAT_UNSPECIFIED: ImageFormat
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_JPEG: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
+CHANNEL_MODE_UNSPECIFIED: ChannelMode
+CHANNEL_MODE_STRONGEST: ChannelMode
+CHANNEL_MODE_WEAKEST: ChannelMode
+CHANNEL_MODE_AVERAGE: ChannelMode
 BLEND_MODE_UNSPECIFIED: BlendMode
 BLEND_MODE_FIXED: BlendMode
 BLEND_MODE_LOOP: BlendMode
 BLEND_MODE_RANDOM: BlendMode
 
+class ChannelList(_message.Message):
+    __slots__ = ("channels",)
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    channels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, channels: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class DreamRequest(_message.Message):
-    __slots__ = ("image", "model", "layers", "octaves", "octave_scale", "steps_per_octave", "step_size", "jitter", "seed", "max_size", "width", "height", "format")
+    __slots__ = ("image", "model", "layers", "octaves", "octave_scale", "steps_per_octave", "step_size", "jitter", "seed", "max_size", "width", "height", "format", "guide", "channels", "channel_mode", "channel_count", "rank_channels_per_octave", "original_colors", "lap_levels", "tv_weight", "octaves_above", "return_largest", "repeat")
     class LayersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +55,13 @@ class DreamRequest(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ChannelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ChannelList
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ChannelList, _Mapping]] = ...) -> None: ...
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +75,17 @@ class DreamRequest(_message.Message):
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    GUIDE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_MODE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RANK_CHANNELS_PER_OCTAVE_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_COLORS_FIELD_NUMBER: _ClassVar[int]
+    LAP_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    TV_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    OCTAVES_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_LARGEST_FIELD_NUMBER: _ClassVar[int]
+    REPEAT_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     model: str
     layers: _containers.ScalarMap[str, float]
@@ -64,10 +99,21 @@ class DreamRequest(_message.Message):
     width: int
     height: int
     format: ImageFormat
-    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., layers: _Optional[_Mapping[str, float]] = ..., octaves: _Optional[int] = ..., octave_scale: _Optional[float] = ..., steps_per_octave: _Optional[int] = ..., step_size: _Optional[float] = ..., jitter: _Optional[int] = ..., seed: _Optional[int] = ..., max_size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+    guide: bytes
+    channels: _containers.MessageMap[str, ChannelList]
+    channel_mode: ChannelMode
+    channel_count: int
+    rank_channels_per_octave: bool
+    original_colors: bool
+    lap_levels: int
+    tv_weight: float
+    octaves_above: int
+    return_largest: bool
+    repeat: int
+    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., layers: _Optional[_Mapping[str, float]] = ..., octaves: _Optional[int] = ..., octave_scale: _Optional[float] = ..., steps_per_octave: _Optional[int] = ..., step_size: _Optional[float] = ..., jitter: _Optional[int] = ..., seed: _Optional[int] = ..., max_size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., guide: _Optional[bytes] = ..., channels: _Optional[_Mapping[str, ChannelList]] = ..., channel_mode: _Optional[_Union[ChannelMode, str]] = ..., channel_count: _Optional[int] = ..., rank_channels_per_octave: _Optional[bool] = ..., original_colors: _Optional[bool] = ..., lap_levels: _Optional[int] = ..., tv_weight: _Optional[float] = ..., octaves_above: _Optional[int] = ..., return_largest: _Optional[bool] = ..., repeat: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("octave", "octaves", "step", "steps_per_octave", "loss", "elapsed_seconds", "done")
+    __slots__ = ("octave", "octaves", "step", "steps_per_octave", "loss", "elapsed_seconds", "done", "round")
     OCTAVE_FIELD_NUMBER: _ClassVar[int]
     OCTAVES_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +121,7 @@ class Progress(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     octave: int
     octaves: int
     step: int
@@ -82,10 +129,11 @@ class Progress(_message.Message):
     loss: float
     elapsed_seconds: float
     done: float
-    def __init__(self, octave: _Optional[int] = ..., octaves: _Optional[int] = ..., step: _Optional[int] = ..., steps_per_octave: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., done: _Optional[float] = ...) -> None: ...
+    round: int
+    def __init__(self, octave: _Optional[int] = ..., octaves: _Optional[int] = ..., step: _Optional[int] = ..., steps_per_octave: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., done: _Optional[float] = ..., round: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("octave", "octaves", "width", "height", "image", "format", "final")
+    __slots__ = ("octave", "octaves", "width", "height", "image", "format", "final", "round")
     OCTAVE_FIELD_NUMBER: _ClassVar[int]
     OCTAVES_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +141,7 @@ class Frame(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     octave: int
     octaves: int
     width: int
@@ -100,7 +149,8 @@ class Frame(_message.Message):
     image: bytes
     format: ImageFormat
     final: bool
-    def __init__(self, octave: _Optional[int] = ..., octaves: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., image: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., final: _Optional[bool] = ...) -> None: ...
+    round: int
+    def __init__(self, octave: _Optional[int] = ..., octaves: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., image: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., final: _Optional[bool] = ..., round: _Optional[int] = ...) -> None: ...
 
 class ImageSize(_message.Message):
     __slots__ = ("width", "height")
@@ -166,7 +216,7 @@ class Layer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., channels: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "backbone", "layers", "default_layers", "min_size", "max_size")
+    __slots__ = ("name", "backbone", "layers", "default_layers", "min_size", "max_size", "supports_guide")
     class DefaultLayersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -180,13 +230,15 @@ class Model(_message.Message):
     DEFAULT_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTS_GUIDE_FIELD_NUMBER: _ClassVar[int]
     name: str
     backbone: str
     layers: _containers.RepeatedCompositeFieldContainer[Layer]
     default_layers: _containers.ScalarMap[str, float]
     min_size: int
     max_size: int
-    def __init__(self, name: _Optional[str] = ..., backbone: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., default_layers: _Optional[_Mapping[str, float]] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ...) -> None: ...
+    supports_guide: bool
+    def __init__(self, name: _Optional[str] = ..., backbone: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., default_layers: _Optional[_Mapping[str, float]] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., supports_guide: _Optional[bool] = ...) -> None: ...
 
 class UnavailableModel(_message.Message):
     __slots__ = ("name", "problem")
