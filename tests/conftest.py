@@ -89,14 +89,19 @@ def coffee() -> Path:
     return shared_image("coffee.png")
 
 
+def loaded_repository(directory: Path) -> Any:
+    """The models of `directory`, loaded on the CPU."""
+    from dreamstream.server.models import ModelRepository
+
+    models = ModelRepository(directory, device="cpu")
+    models.load()
+    return models
+
+
 @pytest.fixture(scope="session")
 def repository(lite0_dir: Path) -> Any:
     """The models directory holding the real efficientnet-lite0, loaded on the CPU."""
-    from dreamstream.server.models import ModelRepository
-
-    models = ModelRepository(lite0_dir.parent, device="cpu")
-    models.load()
-    return models
+    return loaded_repository(lite0_dir.parent)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import shared_image
+from conftest import loaded_repository, shared_image
 from PIL import Image
 
 from dreamstream.cli import main
@@ -35,9 +35,7 @@ CLI_DREAM += ["--steps", "6", "--seed", str(SEED), "-q"]
 
 @pytest.fixture(scope="session")
 def bvlc_repository(googlenet_bvlc_dir: Path) -> ModelRepository:
-    models = ModelRepository(googlenet_bvlc_dir.parent, device="cpu")
-    models.load()
-    return models
+    return loaded_repository(googlenet_bvlc_dir.parent)
 
 
 @pytest.fixture(scope="session")
