@@ -1,15 +1,12 @@
-"""Activations: pointwise functions whose slope is read from the forward's own input or output."""
+"""Activations and other pointwise functions, whose slope is read from the forward's own input or output."""
 
 from __future__ import annotations
 
+import math
+
 import onnx
 
-from dreamstream.export.rules.context import (
-    Grads,
-    RuleContext,
-    attr,
-    only_inputs,
-)
+from dreamstream.export.rules.context import Grads, RuleContext, UnsupportedOperator, attr, only_inputs
 
 # Masks are built with Sign on float tensors rather than Greater + Where: ONNX Runtime's
 # CPU kernels for bool tensors are about three times slower.
@@ -77,3 +74,103 @@ def hard_swish(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[in
     inner = g.op("Where", g.op("Less", x, g.const(3.0)), slope, g.const(1.0))
     full = g.op("Where", g.op("Greater", x, g.const(-3.0)), inner, g.const(0.0))
     return {0: g.op("Mul", dy[0], full, hint="hard_swish_grad")}
+
+
+def prelu(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    only_inputs(node, wanted, {0})
+    g = ctx.builder
+    positive = g.op("Greater", node.input[0], g.const(0.0))
+    leaked = g.op("Mul", dy[0], node.input[1], hint="prelu_leaked")  # the slope broadcasts to x's shape
+    return {0: g.op("Where", positive, dy[0], leaked, hint="prelu_grad")}
+
+
+def elu(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    # Below zero y = alpha (e^x - 1), so the slope alpha e^x is y + alpha.
+    return {0: _exponential_unit_grad(ctx, node, dy[0], 1.0, attr(node, "alpha", 1.0))}
+
+
+def selu(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    # y = gamma x above zero, gamma alpha (e^x - 1) below: the slope below is y + gamma alpha.
+    gamma = attr(node, "gamma", 1.05070102214813232421875)
+    alpha = attr(node, "alpha", 1.67326319217681884765625)
+    return {0: _exponential_unit_grad(ctx, node, dy[0], gamma, gamma * alpha)}
+
+
+def _exponential_unit_grad(ctx: RuleContext, node: onnx.NodeProto, dy: str, above: float, offset: float) -> str:
+    g = ctx.builder
+    positive = g.op("Greater", node.input[0], g.const(0.0))
+    below = g.op("Mul", dy, g.op("Add", node.output[0], g.const(offset)), hint="exp_unit_below")
+    above_grad = dy if above == 1.0 else g.op("Mul", dy, g.const(above))
+    return g.op("Where", positive, above_grad, below, hint="exp_unit_grad")
+
+
+def softplus(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    g = ctx.builder
+    return {0: g.op("Mul", dy[0], g.op("Sigmoid", node.input[0]), hint="softplus_grad")}
+
+
+def erf(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    g = ctx.builder
+    x = node.input[0]
+    bell = g.op("Exp", g.op("Neg", g.op("Mul", x, x)), hint="erf_bell")
+    return {0: g.op("Mul", dy[0], g.op("Mul", bell, g.const(2.0 / math.sqrt(math.pi))), hint="erf_grad")}
+
+
+def exp(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    return {0: ctx.builder.op("Mul", dy[0], node.output[0], hint="exp_grad")}
+
+
+def log(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    return {0: ctx.builder.op("Div", dy[0], node.input[0], hint="log_grad")}
+
+
+def sqrt(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    g = ctx.builder
+    return {0: g.op("Div", dy[0], g.op("Mul", node.output[0], g.const(2.0)), hint="sqrt_grad")}
+
+
+def reciprocal(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    g = ctx.builder
+    y = node.output[0]
+    return {0: g.op("Neg", g.op("Mul", dy[0], g.op("Mul", y, y)), hint="reciprocal_grad")}
+
+
+def abs_(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    g = ctx.builder
+    return {0: g.op("Mul", dy[0], g.op("Sign", node.input[0]), hint="abs_grad")}
+
+
+def pow_(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    only_inputs(node, wanted, {0})
+    exponent = ctx.require_constant(node, 1)
+    if exponent.size != 1:
+        raise UnsupportedOperator(node, "only a scalar constant exponent is supported")
+    b = float(exponent.reshape(()))
+    g = ctx.builder
+    x = node.input[0]
+    power = x if b == 2.0 else g.op("Pow", x, g.const(b - 1.0), hint="pow_lower")
+    return {0: g.op("Mul", dy[0], g.op("Mul", power, g.const(b)), hint="pow_grad")}
+
+
+def softmax(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    # dx = y (dy - sum(dy y)) along the axis.
+    g = ctx.builder
+    y = node.output[0]
+    axis = attr(node, "axis", -1)
+    inner = g.op("ReduceSum", g.op("Mul", dy[0], y), g.ints([axis]), hint="softmax_inner", keepdims=1)
+    return {0: g.op("Mul", y, g.op("Sub", dy[0], inner), hint="softmax_grad")}
+
+
+def log_softmax(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    # dx = dy - softmax(x) sum(dy) along the axis, softmax(x) = e^y.
+    g = ctx.builder
+    axis = attr(node, "axis", -1)
+    total = g.op("ReduceSum", dy[0], g.ints([axis]), hint="log_softmax_total", keepdims=1)
+    return {0: g.op("Sub", dy[0], g.op("Mul", g.op("Exp", node.output[0]), total), hint="log_softmax_grad")}
+
+
+def cast(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    # float to float passes the gradient; to an integer or bool the result is piecewise constant.
+    if attr(node, "to") == onnx.TensorProto.FLOAT:
+        return {0: dy[0]}
+    return {}

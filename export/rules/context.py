@@ -127,3 +127,39 @@ def only_inputs(node: onnx.NodeProto, wanted: set[int], allowed: set[int]) -> No
 def spatial_dims(ctx: RuleContext, tensor: str) -> str:
     """int64 [2]: H and W of an NCHW tensor at run time."""
     return ctx.builder.op("Shape", tensor, hint="hw", start=2, end=4)
+
+
+def unbroadcast(
+    ctx: RuleContext, node: onnx.NodeProto, grad: str, target: str, result: str, matrix_dims: int = 0
+) -> str:
+    """Sum a gradient shaped like `result` over the axes along which `target` was broadcast to it.
+
+    Dims that shape inference leaves symbolic are taken to match (in our graphs they
+    are N, H and W, shared by both operands). `matrix_dims` trailing dims are left
+    out of the comparison (a MatMul broadcasts only its batch dims).
+    """
+    target_shape = ctx.shapes.shapes.get(target)
+    result_shape = ctx.shapes.shapes.get(result)
+    if target_shape is None or result_shape is None:
+        raise UnsupportedOperator(node, f"the ranks of {target} and {result} must be known")
+    target_shape = target_shape[: len(target_shape) - matrix_dims]
+    result_shape = result_shape[: len(result_shape) - matrix_dims]
+    lead = len(result_shape) - len(target_shape)
+    axes = list(range(lead))
+    for axis, dim in enumerate(target_shape):
+        if dim == 1 and result_shape[lead + axis] != 1:
+            axes.append(lead + axis)
+    if not axes:
+        return grad
+    g = ctx.builder
+    summed = g.op("ReduceSum", grad, g.ints(axes), hint="unbroadcast", keepdims=1)
+    if lead:
+        summed = g.op("Reshape", summed, ctx.shape_of(target))
+    return summed
+
+
+def rank_of(ctx: RuleContext, node: onnx.NodeProto, tensor: str) -> int:
+    rank = ctx.shapes.rank(tensor)
+    if rank is None:
+        raise UnsupportedOperator(node, f"the rank of {tensor} must be known")
+    return rank

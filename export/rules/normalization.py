@@ -1,4 +1,5 @@
-"""Normalisation: BatchNormalization (inference mode) and LRN (emitted in parts the backward reuses)."""
+"""Normalisation: BatchNormalization (inference mode), LRN (emitted in parts the backward reuses),
+LayerNormalization (its forward also returns its statistics) and InstanceNormalization."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dreamstream.export.rules.context import (
     UnsupportedOperator,
     attr,
     only_inputs,
+    rank_of,
 )
 
 
@@ -87,3 +89,57 @@ def lrn(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> 
     spread = g.op("ConvTranspose", ratio, _lrn_band(node), hint="lrn_spread", kernel_shape=[1, 1])
     cross = g.op("Mul", g.op("Mul", x, spread), g.const(2.0 * beta), hint="lrn_cross")
     return {0: g.op("Sub", direct, cross, hint="lrn_grad")}
+
+
+def _layer_norm_stats(y: str) -> tuple[str, str]:
+    return f"{y}::mean", f"{y}::inv_std"
+
+
+def add_layer_norm_statistics(
+    node: onnx.NodeProto, builder: GraphBuilder, shapes: StaticShapes
+) -> tuple[onnx.NodeProto, list[onnx.NodeProto]]:
+    """Ask the forward LayerNormalization for its mean and inverse standard deviation too."""
+    prepared = onnx.NodeProto()
+    prepared.CopyFrom(node)
+    del prepared.output[:]
+    mean, inv_std = _layer_norm_stats(node.output[0])
+    builder.reserve([mean, inv_std])
+    prepared.output.extend([node.output[0], mean, inv_std])
+    return prepared, [prepared]
+
+
+def layer_norm(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    only_inputs(node, wanted, {0})
+    x = node.input[0]
+    rank = rank_of(ctx, node, x)
+    axes = list(range(attr(node, "axis", -1) % rank, rank))
+    mean, inv_std = node.output[1], node.output[2]
+    g = ctx.builder
+    normalized = g.op("Mul", g.op("Sub", x, mean), inv_std, hint="ln_normalized")
+    scaled = g.op("Mul", dy[0], node.input[1], hint="ln_scaled_grad")
+    return {0: _normalized_grad(ctx, scaled, normalized, inv_std, axes)}
+
+
+def instance_norm(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    only_inputs(node, wanted, {0})
+    x = node.input[0]
+    rank = rank_of(ctx, node, x)
+    axes = list(range(2, rank))
+    scale = ctx.require_constant(node, 1).astype(np.float32).reshape((1, -1) + (1,) * (rank - 2))
+    g = ctx.builder
+    centred = g.op("Sub", x, g.op("ReduceMean", x, axes=axes, keepdims=1), hint="in_centred")
+    variance = g.op("ReduceMean", g.op("Mul", centred, centred), axes=axes, keepdims=1)
+    inv_std = g.op("Reciprocal", g.op("Sqrt", g.op("Add", variance, g.const(attr(node, "epsilon", 1e-5)))))
+    normalized = g.op("Mul", centred, inv_std, hint="in_normalized")
+    scaled = g.op("Mul", dy[0], g.const(scale), hint="in_scaled_grad")
+    return {0: _normalized_grad(ctx, scaled, normalized, inv_std, axes)}
+
+
+def _normalized_grad(ctx: RuleContext, dz: str, z: str, inv_std: str, axes: list[int]) -> str:
+    """The gradient of x from that of z = (x - mean(x)) / std(x) over `axes`:
+    (dz - mean(dz) - z mean(dz z)) / std."""
+    g = ctx.builder
+    mean_dz = g.op("ReduceMean", dz, axes=axes, keepdims=1)
+    mean_dz_z = g.op("ReduceMean", g.op("Mul", dz, z), axes=axes, keepdims=1)
+    centred = g.op("Sub", g.op("Sub", dz, mean_dz), g.op("Mul", z, mean_dz_z))
+    return g.op("Mul", centred, inv_std, hint="norm_grad")

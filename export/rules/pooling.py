@@ -1,4 +1,4 @@
-"""Pooling and reductions over space: MaxPool, AveragePool, GlobalAveragePool, ReduceMean.
+"""Pooling and reductions: MaxPool, AveragePool, the global pools, ReduceMean, ReduceMax, ReduceSum.
 
 A MaxPool's gradient is a scatter-add of the output gradient through the indices
 the forward MaxPool computed (its preparer asks the forward for them), not a
@@ -18,6 +18,8 @@ from dreamstream.export.rules.context import (
     StaticShapes,
     UnsupportedOperator,
     attr,
+    only_inputs,
+    rank_of,
     spatial_dims,
 )
 from dreamstream.export.rules.conv import transposed_window_grad
@@ -102,3 +104,43 @@ def reduce_mean(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[i
     count = g.op("ReduceProd", g.op("Gather", shape, g.ints(axes)), keepdims=1)
     spread = g.op("Expand", grad, shape)
     return {0: g.op("Div", spread, g.op("Cast", count, to=onnx.TensorProto.FLOAT), hint="mean_grad")}
+
+
+def global_max_pool(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    rank = rank_of(ctx, node, node.input[0])
+    return {0: _to_maxima(ctx, node, dy[0], node.output[0], list(range(2, rank)))}
+
+
+def reduce_max(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    x = node.input[0]
+    rank = rank_of(ctx, node, x)
+    axes = sorted(a % rank for a in (attr(node, "axes") or range(rank)))
+    grad, y = dy[0], node.output[0]
+    if not attr(node, "keepdims", 1):
+        g = ctx.builder
+        grad = g.op("Unsqueeze", grad, g.ints(axes))
+        y = g.op("Unsqueeze", y, g.ints(axes))
+    return {0: _to_maxima(ctx, node, grad, y, axes)}
+
+
+def _to_maxima(ctx: RuleContext, node: onnx.NodeProto, dy: str, y: str, axes: list[int]) -> str:
+    """The gradient of a max over `axes` (dy and y with those axes kept as 1): shared evenly by the
+    positions that hold the maximum, as torch's amax does; in general there is one."""
+    g = ctx.builder
+    x = node.input[0]
+    at_max = g.op("Cast", g.op("Equal", x, y), hint="max_mask", to=onnx.TensorProto.FLOAT)
+    count = g.op("ReduceSum", at_max, g.ints(axes), hint="max_count", keepdims=1)
+    return g.op("Mul", at_max, g.op("Div", dy, count), hint="max_grad")
+
+
+def reduce_sum(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    only_inputs(node, wanted, {0})
+    x = node.input[0]
+    rank = rank_of(ctx, node, x)
+    g = ctx.builder
+    has_axes = len(node.input) > 1 and node.input[1]
+    if not has_axes and attr(node, "noop_with_empty_axes", 0):
+        return {0: dy[0]}
+    axes = sorted(int(a) % rank for a in ctx.require_constant(node, 1)) if has_axes else list(range(rank))
+    grad = dy[0] if attr(node, "keepdims", 1) else g.op("Unsqueeze", dy[0], g.ints(axes))
+    return {0: g.op("Expand", grad, ctx.shape_of(x), hint="sum_grad")}
