@@ -46,11 +46,23 @@ def constant_values(model_or_graph: onnx.ModelProto | onnx.GraphProto) -> dict[s
     return values
 
 
+# Ops whose outputs carry no gradient: shapes, comparisons, indices, roundings (piecewise
+# constant in their input). A shape sub-graph that starts at a Shape of an activation
+# (a flatten's batch size, a channel shuffle's reshape target) is computed at run time
+# and differentiated as the constant it is.
+NOT_DIFFERENTIABLE = frozenset(
+    {
+        "Shape", "Size", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor",
+        "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf", "Sign", "Floor", "Ceil", "Round",
+    }
+)  # fmt: skip
+
+
 def depends_on(nodes: Sequence[onnx.NodeProto], source: str) -> set[str]:
-    """Every tensor whose value depends on `source` (the forward closure)."""
+    """Every tensor whose value depends differentiably on `source` (the forward closure)."""
     active = {source}
     for node in nodes:
-        if any(name in active for name in node.input):
+        if node.op_type not in NOT_DIFFERENTIABLE and any(name in active for name in node.input):
             active.update(out for out in node.output if out)
     return active
 

@@ -31,6 +31,7 @@ from dreamstream.export.autodiff import (
     reverse_pass,
 )
 from dreamstream.export.backbone import Backbone, DreamLayer
+from dreamstream.export.folding import fold_constants
 from dreamstream.export.graph import GraphBuilder, make_model, tensor_info
 from dreamstream.modeldir import (
     CHANNEL_MEANS,
@@ -66,22 +67,23 @@ class PreparedBackbone:
 def prepare(backbone: Backbone) -> PreparedBackbone:
     builder = GraphBuilder(prefix="pre/")
     _emit_preprocessing(builder, backbone)
-    nodes = builder.nodes + list(backbone.forward.graph.node)
+    forward, constants = fold_constants(
+        backbone.forward.graph.node, {**constant_values(backbone.forward), **builder.initializers}
+    )
+    nodes = builder.nodes + forward
     full = make_model(
-        _with_nodes(builder, nodes),
+        _with_nodes(nodes, constants),
         "forward",
         [tensor_info(IMAGE, TensorProto.FLOAT, ["N", 3, "H", "W"])],
         [tensor_info(layer.tensor, TensorProto.FLOAT, None) for layer in backbone.layers],
     )
-    full.graph.initializer.extend(backbone.forward.graph.initializer)
-    constants = {**constant_values(backbone.forward), **builder.initializers}
     return PreparedBackbone(backbone, nodes, StaticShapes.infer(full), constants)
 
 
-def _with_nodes(builder: GraphBuilder, nodes: list[onnx.NodeProto]) -> GraphBuilder:
+def _with_nodes(nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray]) -> GraphBuilder:
     copy = GraphBuilder()
     copy.nodes = nodes
-    copy.initializers = builder.initializers
+    copy.initializers = constants
     return copy
 
 
@@ -359,7 +361,8 @@ def _finish(builder: GraphBuilder, prepared: PreparedBackbone, step: bool, guide
     inputs = _interface(step, channel_total, len(layers), guide)
     # The forward's weights live in the prepared constants, not in this builder.
     used = {name for node in builder.nodes for name in node.input}
+    produced = {name for node in builder.nodes for name in node.output}
     for name, value in prepared.constants.items():
-        if name in used and name not in builder.initializers:
+        if name in used and name not in builder.initializers and name not in produced:
             builder.initializers[name] = value
     return make_model(builder, "dream_step" if step else "dream", inputs, outputs)
