@@ -21,6 +21,7 @@ import onnx
 from onnx import external_data_helper
 
 from dreamstream.export import dream
+from dreamstream.export.autodiff import GradientError
 from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones import RECIPES
 from dreamstream.export.backbones.source import WeightSource
@@ -115,7 +116,7 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
     try:
-        write_model_dir(model, staging, name, backbone)
+        _write_or_refuse(model, staging, name, backbone)
         final = out_dir / name
         if final.exists():
             shutil.rmtree(final)
@@ -125,6 +126,19 @@ def export_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def _write_or_refuse(model: Backbone, model_dir: Path, name: str, backbone: str) -> Manifest:
+    """write_model_dir, with what the reverse pass, onnx.checker or ONNX Runtime refuse as an ExportError."""
+    try:
+        return write_model_dir(model, model_dir, name, backbone)
+    except GradientError as error:
+        raise ExportError(
+            f"{error}. Dream on layers before that node (`dreamstream layers --onnx FILE` lists the candidates), "
+            "or export the network without that op"
+        ) from error
+    except onnx.checker.ValidationError as error:
+        raise ExportError(f"the gradient graph of {model.name} is not valid ONNX: {error}") from error
 
 
 def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) -> Manifest:
@@ -240,7 +254,10 @@ def _smallest_working_size(graph_path: Path | None, layer_count: int, channel_to
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # the failing probes are expected; keep them out of the log
-    session = ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT's own error types: an op or attribute it cannot run
+        raise ExportError(f"ONNX Runtime cannot load the exported graph: {error}") from error
     feeds = {
         LAYER_WEIGHTS: np.ones(layer_count, np.float32),
         CHANNEL_WEIGHTS: np.ones(channel_total, np.float32),
