@@ -147,3 +147,31 @@ def test_cli_layers_of_a_directory_that_is_no_model(tmp_path):
     result = _cli("layers", str(tmp_path))
     assert result.returncode == 2
     assert "manifest.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_refuses_an_op_without_a_rule_naming_it_and_what_to_do(tmp_path):
+    rng = np.random.default_rng(0)
+    weights = [
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        onnx.helper.make_node("Conv", ["data", "w1"], ["c1"], name="conv1", kernel_shape=[3, 3]),
+        onnx.helper.make_node("LpNormalization", ["c1"], ["n1"], name="odd_norm", axis=1),
+        onnx.helper.make_node("Conv", ["n1", "w2"], ["c2"], name="conv2", kernel_shape=[3, 3]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "odd",
+        [onnx.helper.make_tensor_value_info("data", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+        [onnx.helper.make_tensor_value_info("c2", onnx.TensorProto.FLOAT, None)],
+        weights,
+    )
+    path = tmp_path / "odd.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    result = _cli("export", "onnx", "--onnx", str(path), "--layers", "c2", "--out", str(tmp_path / "models"))
+    assert result.returncode == 2
+    assert "'odd_norm'" in result.stderr and "LpNormalization" in result.stderr
+    assert "dreamstream layers --onnx" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
