@@ -27,7 +27,7 @@ from corpus_models import ARCHITECTURES, build
 from onnx_variants import VARIANTS
 
 from dreamstream.export.api import OnnxOptions, export_model
-from dreamstream.export.manifest import read_manifest
+from dreamstream.modeldir import read_manifest
 
 LONG = os.environ.get("DREAMSTREAM_LONG_TESTS") == "1"
 EXPORT_SIZE = 64  # the side torch traces at: the declared size of a static export
