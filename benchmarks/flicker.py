@@ -13,7 +13,7 @@ the previous output frame warped onto it by the dense optical flow of the
 that the camera's motion does not explain. The input clip's own figure is the
 floor (interpolation and new content at the border).
 
-Writes OUT/flicker.md (the table) and OUT/flicker.png (a few consecutive frames
+Writes OUT/flicker.md (the table) and OUT/flicker.jpg (a few consecutive frames
 of each, side by side). Needs the bench extra (or dev): pip install -e '.[dev]'.
 """
 
@@ -112,7 +112,7 @@ def strip(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: Path) -> None:
         for column, frame in enumerate(frames[middle : middle + STRIP_FRAMES]):
             picture = Image.fromarray(np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)).resize(cell)
             sheet.paste(picture, (column * cell[0], row * cell[1]))
-    sheet.save(path, optimize=True)
+    sheet.save(path, quality=80)
 
 
 def commit() -> str:
@@ -166,13 +166,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines.append(f"| {name} | {figure:.2f} | {figure / alone:.2f} | {seconds:.1f} s |")
     lines += [
         "",
-        f"![frames {STRIP_FRAMES} in a row, one row per line of the table](flicker.png)",
+        f"![frames {STRIP_FRAMES} in a row, one row per line of the table](flicker.jpg)",
         "",
         "Rerun: `python -m benchmarks.flicker " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "flicker.md").write_text("\n".join(lines) + "\n")
-    strip([(name, outputs) for name, outputs, _, _ in results], args.out / "flicker.png")
+    strip([(name, outputs) for name, outputs, _, _ in results], args.out / "flicker.jpg")
     print("\n".join(lines))
 
 

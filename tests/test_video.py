@@ -286,3 +286,20 @@ def test_the_async_client_dreams_videos_and_zooms(server, clip: list[Image.Image
         return video, zoom
 
     assert asyncio.run(scenario()) == ([0, 1, 2], [0, 1])
+
+
+def test_the_flicker_benchmark_writes_its_table_and_frames(lite0_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    photo = shared_image("brick.png")
+    command = [sys.executable, "-m", "benchmarks.flicker", "--models", str(lite0_dir.parent), "--image", str(photo),
+               "--frames", "3", "--size", "64", "--octaves", "1", "--steps", "1", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "flicker.md").read_text()
+    for row in ("the input clip", "`--blend 0`", "`--blend 0.5`", "`--blend 0.5 --flow`"):
+        assert row in table
+    with Image.open(tmp_path / "flicker.jpg") as strip:
+        assert strip.size == (4 * 128, 4 * 96)  # four frames a row (blank past the third), one row a way
