@@ -294,10 +294,10 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, request_id
     logged whole."""
     code = status_of(error)
     if code == grpc.StatusCode.INTERNAL:
-        log.error("dream failed", exc_info=error)
+        log.error("dream %s failed", request_id, exc_info=error)
         message = f"the dream failed: {error}"
     else:
-        log.info("refused (%s): %s", code.name, error)
+        log.info("refused %s (%s): %s", request_id, code.name, error)
         message = str(error)
     status = error_status(code, message, error, request_id)
     await context.abort(status.code, status.details, (*status.trailing_metadata, (REQUEST_ID_METADATA, request_id)))
@@ -429,7 +429,8 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
         def work() -> None:
             height, width = plan.size
             log.info(
-                "dream on %s: %dx%d, %d octaves x %d steps, layers %s",
+                "dream %s on %s: %dx%d, %d octaves x %d steps, layers %s",
+                request_id,
                 plan.model.name,
                 width,
                 height,
@@ -444,9 +445,9 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
                         put((event, self._imaging.submit(imaging.encode, event.image, plan.frame_format)))
                     else:
                         put(event)
-                log.info("dream done in %.2f s", event.elapsed)
+                log.info("dream %s done in %.2f s", request_id, event.elapsed)
             except DreamCancelled as stopped:
-                log.info("dream %s", stopped)
+                log.info("dream %s %s", request_id, stopped)
                 if control.stopped_by is not None:
                     put(control.stopped_by, wait=False)
             except Exception as error:  # handed to the stream, which answers with its status

@@ -5,6 +5,7 @@ and the client's retries after the server's RetryInfo delay. Real servers on loo
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 
@@ -187,6 +188,18 @@ def test_the_request_id_comes_back_in_the_trailing_metadata(server) -> None:
         call = dream_pb2_grpc.DreamServiceStub(channel).Dream(request, metadata=(("x-request-id", "from-proxy"),))
         list(call)
         assert ("x-request-id", "from-proxy") in call.trailing_metadata()
+
+
+def test_the_request_id_names_the_dream_and_the_refusal_in_the_server_log(
+    client: DreamClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="dreamstream.server.service"):
+        list(client.dream(PICTURE, request_id="logged-dream", **SMALL))
+        with pytest.raises(InvalidRequest):
+            list(client.dream(PICTURE, request_id="logged-refusal", octaves=99))
+    lines = [record.getMessage() for record in caplog.records]
+    assert any(line.startswith("dream logged-dream on ") for line in lines)
+    assert any(line.startswith("refused logged-refusal (INVALID_ARGUMENT)") for line in lines)
 
 
 def test_every_reason_the_server_gives_is_documented_in_the_proto() -> None:
