@@ -22,6 +22,7 @@ class RefusalKind(enum.Enum):
     RESOURCE_EXHAUSTED = "resource exhausted"  # the server is full: retry later
     UNAVAILABLE = "unavailable"  # the server cannot serve now (loading, draining): retry, maybe elsewhere
     FAILED_PRECONDITION = "failed precondition"  # the server is not in a state to serve this
+    UNAUTHENTICATED = "unauthenticated"  # the call lacks a valid bearer token
 
 
 class Refusal(Exception):
@@ -130,3 +131,10 @@ def did_you_mean(name: str, known: list[str]) -> str:
     """ " (did you mean 'x'?)" for the closest of `known` to a misspelt `name`, or ""."""
     close = difflib.get_close_matches(name[: _SHOWN_CHARS * 2], known, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class Unauthenticated(Refusal):
+    """A call without one of the server's bearer tokens (MISSING_TOKEN), or with another (WRONG_TOKEN)."""
+
+    kind = RefusalKind.UNAUTHENTICATED
+    reason = "MISSING_TOKEN"

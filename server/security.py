@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health
 
+from dreamstream.server.refusals import Unauthenticated
+
 AUTHORIZATION = "authorization"
 BEARER = "Bearer "
 # Health checks answer without a token: load balancers and orchestrators probe them.
@@ -82,25 +84,31 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(_OPEN_SERVICES) or self._authorized(details):
+        if handler is None or details.method.startswith(_OPEN_SERVICES):
             return handler
-        return _refusing(handler)
+        refusal = self._refusal(details)
+        return handler if refusal is None else _refusing(handler, refusal)
 
-    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+    def _refusal(self, details: grpc.HandlerCallDetails) -> Unauthenticated | None:
+        """Why the call is refused (no token, or not one of ours), None when it may go on."""
         for key, value in details.invocation_metadata or ():
             if key == AUTHORIZATION and isinstance(value, str) and value.startswith(BEARER):
-                return token_matches(value[len(BEARER) :].strip().encode(), self._tokens)
-        return False
+                if token_matches(value[len(BEARER) :].strip().encode(), self._tokens):
+                    return None
+                return Unauthenticated(_UNAUTHENTICATED, reason="WRONG_TOKEN")
+        return Unauthenticated(_UNAUTHENTICATED)
 
 
 _UNAUTHENTICATED = "send a valid token as `authorization: Bearer <token>` metadata (the client's --token-file)"
 
 
-def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that answers UNAUTHENTICATED."""
+def _refusing(handler: grpc.RpcMethodHandler, refusal: Unauthenticated) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that answers UNAUTHENTICATED, with the details every
+    error status carries."""
+    from dreamstream.server.service import _abort, _call_request_id  # the one place statuses are made
 
     async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+        await _abort(context, refusal, _call_request_id(context))
 
     options = {
         "request_deserializer": handler.request_deserializer,

@@ -58,6 +58,7 @@ _STATUS_OF_KIND = {
     RefusalKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RefusalKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     RefusalKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    RefusalKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

@@ -52,16 +52,22 @@ def test_a_tls_server_with_tokens_serves_a_client_with_the_ca_and_a_token(
         assert client.models()
 
 
-@pytest.mark.parametrize("token", [None, "wrong-token", "new-token-but-longer", ""])
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [(None, "MISSING_TOKEN"), ("wrong-token", "WRONG_TOKEN"), ("new-token-but-longer", "WRONG_TOKEN"), ("", None)],
+)
 def test_without_or_with_a_wrong_token_calls_are_unauthenticated(
-    secure_server, certificates: Certificates, token: str | None, monkeypatch: pytest.MonkeyPatch
+    secure_server, certificates: Certificates, token: str | None, reason: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("DREAMSTREAM_TOKEN", raising=False)
     with DreamClient(secure_server.target, ca_file=certificates.ca, token=token) as client:
-        with pytest.raises(Unauthenticated, match="authorization: Bearer"):
+        with pytest.raises(Unauthenticated, match="authorization: Bearer") as dreaming:
             final_frame(client)
-        with pytest.raises(Unauthenticated):
+        with pytest.raises(Unauthenticated) as listing:
             client.models()
+    for refusal in (dreaming.value, listing.value):  # the details every error status carries
+        assert refusal.reason in ((reason,) if reason else ("MISSING_TOKEN", "WRONG_TOKEN"))
+        assert refusal.request_id
 
 
 def test_the_token_may_come_from_the_environment(
