@@ -209,6 +209,7 @@ class Admission:
         waiter = asyncio.get_running_loop().create_future()
         entry = (waiter, memory)
         self._waiters.append(entry)
+        log.info("dream waits for a slot: %d running, %d waiting", self._running, len(self._waiters))
         try:
             await waiter
         except BaseException:

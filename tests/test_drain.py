@@ -1,0 +1,110 @@
+"""SIGTERM drains: a real `dreamstream serve` process, real signals, real clients on loopback."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serve_process import ServeProcess
+
+from dreamstream.client import DreamClient, Frame, ServerUnavailable, Started
+
+# Long enough on any machine to be running when the signal arrives: the test waits
+# for its first step before signalling, and the dream's end is awaited, not timed.
+LONG = {"width": 192, "height": 192, "octaves": 2, "steps_per_octave": 40}
+
+
+class Dreamer(threading.Thread):
+    """One dream in a thread: its events, and the error that ended it, if any."""
+
+    def __init__(self, target: str, **options) -> None:
+        super().__init__(daemon=True)
+        self.target, self.options = target, options
+        self.events: list = []
+        self.error: Exception | None = None
+        self.started_event = threading.Event()
+        self.stepped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with DreamClient(self.target) as client:
+                for event in client.dream(None, **self.options):
+                    self.events.append(event)
+                    (self.started_event if isinstance(event, Started) else self.stepped).set()
+        except Exception as error:
+            self.error = error
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.events) and isinstance(self.events[-1], Frame) and self.events[-1].final
+
+
+def health_status(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        request = health_pb2.HealthCheckRequest(service="")
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status
+
+
+def wait_for_health(target: str, wanted: int, tries: int = 200) -> None:
+    for _ in range(tries):
+        if health_status(target) == wanted:
+            return
+        threading.Event().wait(0.05)
+    raise AssertionError(f"health never became {wanted}")
+
+
+@pytest.fixture
+def served(lite0_dir: Path):
+    started: list[ServeProcess] = []
+
+    def serve(*flags: str) -> ServeProcess:
+        process = ServeProcess(lite0_dir.parent, "--max-concurrent", "1", "--max-queue", "2", *flags)
+        started.append(process)
+        return process
+
+    yield serve
+    for process in started:
+        process.stop()
+
+
+def test_sigterm_drains_running_dreams_finish_waiting_and_new_ones_are_unavailable(served) -> None:
+    server = served("--shutdown-grace", "120")
+    running = Dreamer(server.target, **LONG)
+    running.start()
+    assert running.stepped.wait(120), running.error
+    waiting = Dreamer(server.target, width=64, height=64, octaves=1, steps_per_octave=1)
+    waiting.start()
+    server.wait_for(r"dream waits for a slot: 1 running, 1 waiting")
+
+    server.terminate()
+    # Still listening, but no longer serving: balancers take the replica out.
+    wait_for_health(server.target, health_pb2.HealthCheckResponse.NOT_SERVING)
+    with DreamClient(server.target) as client, pytest.raises(ServerUnavailable, match="shutting down") as refused:
+        list(client.dream(None, width=64, height=64))
+    assert refused.value.reason == "DRAINING"
+    waiting.join(60)
+    assert isinstance(waiting.error, ServerUnavailable) and waiting.error.reason == "DRAINING"
+    assert not waiting.started_event.is_set()
+
+    running.join(300)
+    assert running.error is None and running.finished  # the accepted dream is not lost
+    assert server.stop() == 0
+    assert "Traceback" not in server.log and " ERROR " not in server.log, server.log
+    assert "drained: every running dream finished" in server.log
+
+
+def test_dreams_still_running_after_the_grace_are_stopped_with_unavailable_and_the_exit_is_clean(served) -> None:
+    server = served("--shutdown-grace", "1")
+    running = Dreamer(server.target, width=192, height=192, octaves=1, steps_per_octave=1000)
+    running.start()
+    assert running.stepped.wait(120), running.error
+    server.terminate()
+    running.join(120)
+    assert isinstance(running.error, ServerUnavailable), running.error
+    assert running.error.reason == "DRAINING" and "shut down before the dream finished" in running.error.message
+    assert server.stop() == 0
+    assert "Traceback" not in server.log, server.log
+    assert "dreams still running after 1 s were stopped" in server.log
