@@ -16,6 +16,7 @@ from dreamstream.server.engine.limits import (
     DEFAULT_MAX_COST,
     DEFAULT_MAX_DREAM_SECONDS,
     DEFAULT_MAX_INPUT_PIXELS,
+    STEP_BYTES_PER_PIXEL,
     Limits,
 )
 from dreamstream.server.models import ModelRepository, RepositoryError
@@ -144,6 +145,14 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
         "dreams wait for room, and one that alone is above it is refused (default: no budget)",
     )
     parser.add_argument(
+        "--dream-bytes-per-pixel",
+        type=positive_int,
+        default=STEP_BYTES_PER_PIXEL,
+        metavar="BYTES",
+        help="memory a dream takes per pixel of its largest octave, for --memory-budget "
+        f"(default {STEP_BYTES_PER_PIXEL:,}: efficientnet-lite0 and googlenet-bvlc on the CPU; more for VGG)",
+    )
+    parser.add_argument(
         "--reader-timeout",
         type=positive_float,
         default=READER_TIMEOUT,
@@ -164,6 +173,7 @@ def _limits(args: argparse.Namespace) -> Limits:
         max_cost=args.max_cost,
         max_dream_seconds=args.max_dream_seconds,
         memory_budget=args.memory_budget * _MIB if args.memory_budget else None,
+        step_bytes_per_pixel=args.dream_bytes_per_pixel,
     )
 
 

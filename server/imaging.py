@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from dreamstream.server.refusals import InvalidRequest
 from dreamstream.wire import ImageFormat
@@ -36,6 +36,16 @@ _SAVE_OPTIONS = {
 }
 
 
+# What each EXIF orientation asks for to show the picture upright (as Pillow's ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 # EXIF orientations that turn the picture a quarter turn, swapping width and height.
 _QUARTER_TURNS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
@@ -67,7 +77,7 @@ def probe(data: bytes, max_pixels: int = MAX_INPUT_PIXELS) -> PictureHeader:
     try:
         with _opened(data) as picture:
             width, height = picture.size
-            orientation = picture.getexif().get(_EXIF_ORIENTATION, 1)
+            orientation = _orientation(picture)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
         raise _undecodable(data, error) from error
     if width * height > max_pixels:
@@ -79,6 +89,20 @@ def probe(data: bytes, max_pixels: int = MAX_INPUT_PIXELS) -> PictureHeader:
     if orientation in _QUARTER_TURNS:
         width, height = height, width
     return PictureHeader(width, height)
+
+
+def _orientation(picture: Image.Image) -> int:
+    """The EXIF orientation found in the header, without decoding a pixel.
+
+    Not `picture.getexif()`: on a PNG without EXIF before its pixels, that decodes
+    the whole picture to look for EXIF after them (100 MB for a 10000x10000 bomb).
+    """
+    raw = picture.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    exif.load(raw)
+    return exif.get(_EXIF_ORIENTATION, 1)
 
 
 def _opened(data: bytes) -> Image.Image:
@@ -134,16 +158,20 @@ def decode(data: bytes, max_size: int, max_pixels: int = MAX_INPUT_PIXELS) -> np
     probe(data, max_pixels)  # refuses what is not a picture, or too large, before decoding a pixel
     try:
         with _opened(data) as opened:
+            orientation = _orientation(opened)  # read before decoding, as probe reads it: the planned size holds
             size = fit(opened.width, opened.height, max_size)
             # A JPEG decodes straight at 1/2 to 1/8 of its size when that still gives
             # max_size: less memory and time for a large photograph.
             opened.draft("RGB", size)
+            opened.load()
             # Brought down to size before anything else, so that at most one full-size
             # copy (the decoded one) is ever held.
             picture = _with_alpha_or_rgb(opened)
             if picture.size != size:
                 picture = picture.resize(size, Image.Resampling.LANCZOS)
-            picture = _on_white(ImageOps.exif_transpose(picture))
+            if orientation in _UPRIGHT:
+                picture = picture.transpose(_UPRIGHT[orientation])
+            picture = _on_white(picture)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
         raise _undecodable(data, error) from error
     return np.asarray(picture, np.float32) / 255.0

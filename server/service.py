@@ -35,6 +35,7 @@ from dreamstream.server.engine import (
 )
 from dreamstream.server.engine.request import ChannelMode
 from dreamstream.server.error_status import error_status
+from dreamstream.server.memory import give_back_free_memory
 from dreamstream.server.refusals import (
     Busy,
     Draining,
@@ -455,6 +456,7 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
             except Exception as error:  # handed to the stream, which answers with its status
                 put(error, wait=False)
             finally:
+                give_back_free_memory()  # before the slot (and its share of the budget) is freed
                 put(_DONE, wait=False)
 
         try:

@@ -65,6 +65,10 @@ class ServeProcess:
         text = Path(f"/proc/{self.process.pid}/status").read_text()
         return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))
 
+    def reset_peak(self) -> None:
+        """Start VmHWM afresh from the current RSS (Linux: "5" to clear_refs)."""
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
 

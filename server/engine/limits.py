@@ -17,10 +17,15 @@ DEFAULT_MAX_COST = 400_000_000
 DEFAULT_MAX_INPUT_PIXELS = MAX_INPUT_PIXELS
 DEFAULT_MAX_DREAM_SECONDS = 600.0
 
-# Memory of one ascent step per pixel of its octave, measured with the CPU provider on
-# the deepest layers of efficientnet-lite0 and googlenet-bvlc (the larger of the two,
-# with headroom): the activations kept for the gradient, the gradient and the picture.
-STEP_BYTES_PER_PIXEL = 1_200
+# Memory of one ascent step: a base (scratch buffers, the decoded start picture, the
+# frames, the step graph's session) and a part per pixel of its octave (the activations
+# kept for the gradient, the gradient, the picture). Measured as peak RSS over the
+# server's RSS after loading, CPU provider without its memory arena (see
+# providers.open_session), on the deepest layers, 512 and 1024 px square:
+# efficientnet-lite0 head 303 and 797 MiB, googlenet-bvlc inception_5b 416 and 1208 MiB.
+# Rounded up over both. Heavier backbones (VGG) need `serve --dream-bytes-per-pixel`.
+STEP_BASE_BYTES = 160 * 2**20
+STEP_BYTES_PER_PIXEL = 1_100
 # Memory of decoding a picture per input pixel: the decoded RGBA copy and its conversion.
 DECODE_BYTES_PER_PIXEL = 8
 
@@ -33,14 +38,15 @@ class Limits:
     max_cost: int = DEFAULT_MAX_COST
     max_dream_seconds: float = DEFAULT_MAX_DREAM_SECONDS
     memory_budget: int | None = None  # bytes the dreams running at once may take together
+    step_bytes_per_pixel: int = STEP_BYTES_PER_PIXEL
 
 
 DEFAULT_LIMITS = Limits()
 
 
-def step_memory(pixels: int) -> int:
+def step_memory(pixels: int, bytes_per_pixel: int = STEP_BYTES_PER_PIXEL) -> int:
     """Bytes one ascent step on a picture of `pixels` pixels is expected to take at most."""
-    return STEP_BYTES_PER_PIXEL * pixels
+    return STEP_BASE_BYTES + bytes_per_pixel * pixels
 
 
 def decode_memory(pixels: int) -> int:

@@ -10,6 +10,7 @@ the dream runs (`Start.pixels`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class DreamPlan:
     # The gradient graph that runs instead of the step graph when a control reshapes the
     # gradient (guide, lap_levels, tv_weight); None: the fused step graph, the fast path.
     gradient_graph: str | None = None
+    memory: int = 0  # bytes the dream is expected to take at most (see `dream_memory`)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -91,13 +93,6 @@ class DreamPlan:
     def cost(self) -> int:
         """The ascent's work in pixel-steps: each octave's pixels times its steps, in every round."""
         return self.params.rounds * self.params.steps_per_octave * sum(height * width for height, width in self.sizes)
-
-    @property
-    def memory(self) -> int:
-        """Bytes the dream is expected to take at most: decoding its picture, or its largest step
-        (octaves above the picture are larger than the picture)."""
-        largest = max(height * width for height, width in self.sizes)
-        return max(decode_memory(self.start.input_pixels), step_memory(largest))
 
 
 def plan_dream(spec: DreamSpec, models: ModelRepository, limits: Limits = DEFAULT_LIMITS) -> DreamPlan:
@@ -132,8 +127,16 @@ def plan_dream(spec: DreamSpec, models: ModelRepository, limits: Limits = DEFAUL
         guide=guide,
         gradient_graph=guide.graph if guide else model.graph_for(params.layers) if reshaped else None,
     )
+    plan = dataclasses.replace(plan, memory=dream_memory(plan, limits))
     _check_costs(plan, limits)
     return plan
+
+
+def dream_memory(plan: DreamPlan, limits: Limits) -> int:
+    """Bytes the dream is expected to take at most: decoding its picture, or its largest step
+    (octaves above the picture are larger than the picture)."""
+    largest = max(height * width for height, width in plan.sizes)
+    return max(decode_memory(plan.start.input_pixels), step_memory(largest, limits.step_bytes_per_pixel))
 
 
 def _check_costs(plan: DreamPlan, limits: Limits) -> None:
