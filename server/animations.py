@@ -31,6 +31,7 @@ from dreamstream.server import imaging
 from dreamstream.server.engine import DreamCancelled, DreamEngine
 from dreamstream.server.engine.video import BlendMode, DreamedFrame, VideoDreamer, VideoSpec, plan_video
 from dreamstream.server.engine.zoom import ZoomSpec, plan_zoom, zoom_frames
+from dreamstream.server.memory import give_back_free_memory
 from dreamstream.server.refusals import InvalidRequest, NotReady
 from dreamstream.v1 import dream_pb2
 from dreamstream.wire import ImageFormat
@@ -268,6 +269,7 @@ class AnimationCalls:
             except Exception as error:  # handed to the stream, which answers with its status
                 put(error)
             finally:
+                give_back_free_memory()  # before the slot (and its share of the budget) is freed
                 put(_END)
 
         try:
