@@ -110,6 +110,9 @@ class Manifest:
     opset: int
     format: str = FORMAT
     source: dict[str, str] = field(default_factory=dict)  # where the weights came from
+    # > 0: the graphs run only on pictures of exactly fixed_size x fixed_size (the network was
+    # exported with fixed shapes, say a reshape to 7x7); such a model is dreamed in tiles of that size.
+    fixed_size: int = 0
 
     @property
     def channel_total(self) -> int:

@@ -176,6 +176,7 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
             )
             channel_offset += layer.channels
 
+    sizes = _working_sizes(deepest_graph, len(layers), channel_offset, model.declared_size)
     manifest = Manifest(
         name=name,
         backbone=backbone,
@@ -183,13 +184,14 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
         default_layers=dict(model.default_layers),
         # ONNX Runtime pools a too-small input to a 1-pixel output instead of failing, so the
         # deepest layer's stride (input pixels per activation pixel) is a floor too.
-        min_size=max(_smallest_working_size(deepest_graph, len(layers), channel_offset), layers[-1].stride),
+        min_size=max(sizes.smallest, layers[-1].stride),
         max_size=model.max_size,
         weights_file=WEIGHTS_FILE,
         weights_sha256=sha256_of(model_dir / WEIGHTS_FILE),
         preprocessing=model.preprocessing,
         opset=OPSET,
         source=dict(model.source),
+        fixed_size=sizes.fixed,
     )
     write_manifest(model_dir, manifest)
     return manifest
@@ -248,8 +250,20 @@ def _save(graph: onnx.ModelProto, path: Path, weights: _WeightsFile) -> None:
     onnx.save_model(graph, str(path))
 
 
-def _smallest_working_size(graph_path: Path | None, layer_count: int, channel_total: int) -> int:
-    """The smallest square image side the deepest graph runs on, found by bisection."""
+@dataclass(frozen=True)
+class WorkingSizes:
+    smallest: int  # the smallest square side the graphs run on
+    fixed: int = 0  # > 0: the only side they run on (a network exported with fixed shapes)
+
+
+# The export checks that a graph runs on pictures this large; one that runs only at its
+# declared size is a fixed-size model.
+PROBE_LARGE = 512
+
+
+def _working_sizes(graph_path: Path | None, layer_count: int, channel_total: int, declared: int | None) -> WorkingSizes:
+    """The square image sides the deepest graph runs on: the smallest (by bisection), or the
+    one size a fixed-shape network accepts."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -270,13 +284,16 @@ def _smallest_working_size(graph_path: Path | None, layer_count: int, channel_to
             return False
         return bool(np.isfinite(loss).all())
 
-    low, high = 1, 512
+    low, high = 1, PROBE_LARGE
     if not works(high):
-        raise ExportError(f"the exported graph does not run even on a {high}x{high} image")
+        if declared and declared != high and works(declared):
+            return WorkingSizes(smallest=declared, fixed=declared)
+        at_declared = f" nor at its declared {declared}x{declared}" if declared else ""
+        raise ExportError(f"the exported graph does not run on a {high}x{high} image{at_declared}")
     while low < high:
         middle = (low + high) // 2
         if works(middle):
             high = middle
         else:
             low = middle + 1
-    return low
+    return WorkingSizes(smallest=low)

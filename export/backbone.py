@@ -37,6 +37,7 @@ class Backbone:
     weight_names: frozenset[str]  # initializers that are parameters (go to the weights file)
     source: dict[str, str] = field(default_factory=dict)
     max_size: int = 4096
+    declared_size: int | None = None  # the square input side the source file declares, if any
 
     @property
     def input_name(self) -> str:

@@ -85,6 +85,12 @@ def run_export(args: argparse.Namespace) -> int:
         return 2
     manifest = read_manifest(model_dir)
     print(f"exported {manifest.backbone} to {model_dir} ({len(manifest.layers)} layers)")
+    if manifest.fixed_size:
+        side = manifest.fixed_size
+        print(
+            f"note: the network runs only on {side}x{side} pictures (its ONNX file fixes the shapes); "
+            f"the manifest records fixed_size={side}, for servers to dream it in {side}x{side} tiles"
+        )
     return 0
 
 

@@ -58,7 +58,10 @@ REPRESENTATIVE = [
     CorpusCase("efficientnet_b0", 13, False, ("explicit_pads", "gemm_as_matmul_add", "flatten_as_reshape")),
     CorpusCase("xception", 17),  # PRelu, Elu, Selu, LeakyRelu, Softplus
     CorpusCase("mobilenet_v3", 17),  # HardSwish, HardSigmoid, squeeze-excitation
+    CorpusCase("shufflenet_v1", 17, False),  # channel shuffles fixed at the traced size: a fixed-size model
 ]
+# Static exports whose reshapes freeze the traced size: they run at EXPORT_SIZE only.
+FIXED_SIZE = {"shufflenet_v1", "shufflenet_v2", "attention", "unet"}
 # At opset 9 with dynamic shapes torch's TorchScript exporter cannot write a ceil-mode pool's
 # padding nor a chunk of unknown size.
 TORCH_CANNOT_EXPORT = {
@@ -138,6 +141,8 @@ def test_corpus_model_exports_with_the_gradient_of_torch(case: CorpusCase, corpu
     export_seconds = time.perf_counter() - started
     assert_graphs_pass_checker_and_cuda_audit(model_dir)
     manifest = read_manifest(model_dir)
+    fixed = not case.dynamic and case.arch in FIXED_SIZE
+    assert manifest.fixed_size == (EXPORT_SIZE if fixed else 0)
 
     side = CHECK_SIZE if case.dynamic else EXPORT_SIZE
     image = np.random.default_rng(0).uniform(0, 1, (1, 3, side, side)).astype(np.float32)
@@ -181,6 +186,10 @@ def test_corpus_models_dream_through_a_real_server(corpus_dir: Path, start_serve
     photo = shared_image("coffee.png")
     with DreamClient(server.target) as client:
         for name in exported:
-            events = client.dream(photo, model=name, max_size=96, octaves=2)
+            side = read_manifest(models / name).fixed_size
+            if side:  # until the server tiles, a fixed-size model dreams at its own size
+                events = client.dream(None, model=name, width=side, height=side, octaves=1)
+            else:
+                events = client.dream(photo, model=name, max_size=96, octaves=2)
             frames = [event for event in events if isinstance(event, Frame)]
-            assert frames and frames[-1].final and max(frames[-1].width, frames[-1].height) == 96, name
+            assert frames and frames[-1].final and max(frames[-1].width, frames[-1].height) == (side or 96), name

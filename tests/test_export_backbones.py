@@ -190,6 +190,14 @@ def test_manifest_records_sizes_preprocessing_and_weights_digest(lite0_dir):
     assert len(raw["weights_sha256"]) == 64
     assert [layer["name"] for layer in raw["layers"]] == ["stem", *[f"block{i}" for i in range(16)], "head"]
     assert set(raw["default_layers"]) <= {layer["name"] for layer in raw["layers"]}
+    assert raw["fixed_size"] == 0  # runs at any size from min_size on
+
+
+def test_a_manifest_written_before_fixed_size_reads_as_any_size(lite0_dir, tmp_path):
+    raw = json.loads((lite0_dir / "manifest.json").read_text())
+    del raw["fixed_size"]
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    assert read_manifest(tmp_path).fixed_size == 0
 
 
 def test_focus_graph_agrees_with_the_cut_graph_and_ignores_other_layers(googlenet_bvlc_dir):

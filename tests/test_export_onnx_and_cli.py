@@ -175,3 +175,32 @@ def test_cli_refuses_an_op_without_a_rule_naming_it_and_what_to_do(tmp_path):
     assert "dreamstream layers --onnx" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+class FixedShapeNet(nn.Module):
+    """A channel shuffle whose reshape a static export freezes at the traced size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        n, c, h, w = y.shape
+        return y.reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def test_cli_export_of_a_fixed_size_network_says_so_and_records_it(tmp_path):
+    path = tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            FixedShapeNet().eval(), torch.zeros(1, 3, 48, 48), str(path), opset_version=17, dynamo=False,
+            input_names=["input"], output_names=["shuffled"],
+        )  # fmt: skip
+    result = _cli("export", "onnx", "--onnx", str(path), "--layers", "shuffled", "--out", str(tmp_path / "models"))
+    assert result.returncode == 0, result.stderr
+    assert "runs only on 48x48 pictures" in result.stdout and "fixed_size=48" in result.stdout
+    manifest = read_manifest(tmp_path / "models" / "onnx")
+    assert (manifest.fixed_size, manifest.min_size) == (48, 48)

@@ -64,7 +64,8 @@ def load_onnx_backbone(options) -> Backbone:
         opset_imports=[onnx.helper.make_opsetid("", OPSET)],
     )
     forward.ir_version = 8
-    layers = _measure_layers(forward, options.layers, declared_size(graph) or PROBE_SIZE)
+    declared = declared_size(graph)
+    layers = _measure_layers(forward, options.layers, declared or PROBE_SIZE)
     weight_names = frozenset(
         init.name
         for init in graph.initializer
@@ -82,6 +83,7 @@ def load_onnx_backbone(options) -> Backbone:
         default_layers={deepest: 1.0},
         weight_names=weight_names,
         source={"weights": path.name},
+        declared_size=declared,
     )
 
 
