@@ -30,6 +30,7 @@ class Refusal(Exception):
 
     kind = RefusalKind.INVALID_ARGUMENT
     reason = "INVALID_REQUEST"
+    retry_after: float | None = None  # seconds; a subclass may give its own default
 
     def __init__(
         self,
@@ -43,7 +44,8 @@ class Refusal(Exception):
         if reason is not None:
             self.reason = reason
         self.field = field
-        self.retry_after = retry_after
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class InvalidRequest(Refusal):
@@ -82,6 +84,7 @@ class Draining(Refusal):
 
     kind = RefusalKind.UNAVAILABLE
     reason = "DRAINING"
+    retry_after = 0.0  # at once: the balancer sends the retry to another replica
 
 
 class TooCostly(Refusal):

@@ -25,13 +25,16 @@ from dreamstream.client import (
     ServerUnavailable,
     Started,
 )
-from dreamstream.client.errors import ErrorDetails
+from dreamstream.client.errors import ErrorDetails, details_of
 from dreamstream.client.events import event_from_response
 from dreamstream.client.retries import BACKOFF_SECONDS, RetryPolicy
 from dreamstream.server.engine import Step
+from dreamstream.server.error_status import error_status
 from dreamstream.server.models import DEFAULT_MODEL, ModelRepository
+from dreamstream.server.refusals import Draining
 from dreamstream.server.request_ids import request_id_of
 from dreamstream.server.running import RunningDreams
+from dreamstream.server.service import status_of
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +100,16 @@ def test_a_loading_server_says_unavailable_with_a_retry_delay(start_server, lite
         assert refusal.reason == "LOADING"
         assert refusal.retry_delay == 1.0
         assert refusal.request_id
+
+
+def test_a_draining_server_says_retry_at_once_elsewhere() -> None:
+    refusal = Draining("the server is shutting down and takes no new dream: retry (another replica)")
+
+    status = error_status(status_of(refusal), str(refusal), refusal, "req-9")
+
+    assert status.code == grpc.StatusCode.UNAVAILABLE
+    details = details_of(status.trailing_metadata)
+    assert (details.reason, details.retry_delay, details.request_id) == ("DRAINING", 0.0, "req-9")
 
 
 def test_the_client_retries_a_full_server_after_the_delay_it_asks_for(start_server, repository) -> None:
