@@ -70,7 +70,9 @@ pictures = st.one_of(
     mutated(),
     st.binary(max_size=256),
 )
-names = st.one_of(st.sampled_from(("", "efficientnet-lite0", *LAYERS)), st.text(max_size=20), st.just("x" * 100_000))
+# The 100 KB name is built when drawn: as a literal it would bloat every strategy's repr.
+huge_name = st.integers(100_000, 100_000).map(lambda length: "x" * length)
+names = st.one_of(st.sampled_from(("", "efficientnet-lite0", *LAYERS)), st.text(max_size=20), huge_name)
 small_ints = st.integers(-2, 70)
 int32s = st.one_of(small_ints, st.integers(-(2**31), 2**31 - 1))
 floats = st.one_of(st.floats(-2.0, 5.0, width=32), st.floats(width=32))
