@@ -99,6 +99,13 @@ def server_argument(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help=f"send the token in FILE (its first line) as a bearer token (default: ${TOKEN_ENV})",
     )
+    parser.add_argument(
+        "--retries",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="when the server is full or not ready, try again up to N times after the delay it asks for",
+    )
 
 
 def client_for(args: argparse.Namespace) -> DreamClient:
@@ -110,7 +117,13 @@ def client_for(args: argparse.Namespace) -> DreamClient:
         cert_file=args.cert_file,
         key_file=args.key_file,
         token_file=args.token_file,
+        retries=args.retries,
+        on_retry=_say_retrying,
     )
+
+
+def _say_retrying(error: DreamstreamError, delay: float) -> None:
+    print(f"dreamstream: {error.code.name} ({error.reason}): trying again in {delay:.1f} s", file=sys.stderr)
 
 
 def _add_dream_parser(subparsers: argparse._SubParsersAction) -> None:

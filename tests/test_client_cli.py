@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from dreamstream.cli import main
+from dreamstream.client import DreamClient
 from dreamstream.client.cli import parse_layers
 from dreamstream.client.events import Frame, Progress
 from dreamstream.client.progress import ProgressBar
@@ -243,3 +245,23 @@ def test_serve_runs_a_server_that_dream_can_use_and_stops_on_sigterm(
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+def test_retries_wait_out_a_full_server_and_say_so(start_server, repository, tmp_path: Path, capsys) -> None:
+    tight = start_server(repository, max_concurrent=1, max_queue=0)
+    holding = threading.Event()
+
+    def hold_the_one_slot() -> None:
+        with DreamClient(tight.target) as holder:
+            for _ in holder.dream(None, width=64, height=64, octaves=1, steps_per_octave=60):
+                holding.set()
+
+    holder = threading.Thread(target=hold_the_one_slot)
+    holder.start()
+    assert holding.wait(timeout=60)
+    out = tmp_path / "dream.png"
+    code = main(["dream", "--noise", "64x48", "-o", str(out), "--server", tight.target, "--retries", "5", "-q", *SMALL])
+    holder.join(timeout=60)
+
+    assert code == 0 and out.exists()
+    assert "dreamstream: RESOURCE_EXHAUSTED (QUEUE_FULL): trying again in" in capsys.readouterr().err
