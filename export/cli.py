@@ -24,7 +24,9 @@ def add_export_parsers(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--random-weights", action="store_true", help="invent weights (for tests)")
     export.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
     export.add_argument("--onnx", type=Path, help="with `onnx`: the ONNX classifier")
-    export.add_argument("--layers", help="with `onnx`: comma-separated tensor names to dream on")
+    export.add_argument(
+        "--layers", help="with `onnx`: comma-separated tensor names to dream on, or `auto` to pick a few"
+    )
     export.add_argument("--mean", help="with `onnx`: per-channel mean after scaling, e.g. 0.485,0.456,0.406")
     export.add_argument("--std", help="with `onnx`: per-channel std, e.g. 0.229,0.224,0.225")
     export.add_argument("--bgr", action="store_true", help="with `onnx`: the network takes BGR")
@@ -33,10 +35,12 @@ def add_export_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     layers = subparsers.add_parser(
         "layers",
-        help="list the layers of an exported model",
-        description="List the layers a model can dream on (name, channels, stride), deepest last.",
+        help="list the layers of an exported model, or the candidates of an ONNX file",
+        description="List the layers a model can dream on (name, channels, stride), deepest last. With "
+        "--onnx FILE, list the tensors of a classifier not yet exported that `export onnx --layers` can take.",
     )
-    layers.add_argument("model_dir", type=Path, help="MODELS_DIR/NAME")
+    layers.add_argument("model_dir", type=Path, nargs="?", help="MODELS_DIR/NAME")
+    layers.add_argument("--onnx", type=Path, help="an ONNX classifier to list candidate layers of")
     layers.set_defaults(func=run_layers)
 
 
@@ -95,10 +99,35 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_layers(args: argparse.Namespace) -> int:
+    if (args.onnx is None) == (args.model_dir is None):
+        print("dreamstream layers: error: give a model directory or --onnx FILE", file=sys.stderr)
+        return 2
+    if args.onnx is not None:
+        return _list_candidates(args.onnx)
     try:
         manifest = read_manifest(args.model_dir)
     except ManifestError as error:
         print(f"dreamstream layers: error: {error}", file=sys.stderr)
         return 2
     print("\n".join(layer_table(manifest.layers, manifest.default_layers)))
+    return 0
+
+
+def _list_candidates(path: Path) -> int:
+    from dreamstream.export.backbones.onnx_file import OnnxBackboneError, auto_layers, candidate_layers
+
+    try:
+        candidates = candidate_layers(path)
+    except OnnxBackboneError as error:
+        print(f"dreamstream layers: error: {error}", file=sys.stderr)
+        return 2
+    if not candidates:
+        print(f"dreamstream layers: error: {path.name} has no [N,C,H,W] block outputs to dream on", file=sys.stderr)
+        return 2
+    width = max(len("tensor"), *(len(candidate.name) for candidate in candidates))
+    op_width = max(len("op"), *(len(candidate.op) for candidate in candidates))
+    print(f"{'tensor':<{width}}  {'op':<{op_width}}  channels  stride")
+    for candidate in candidates:
+        print(f"{candidate.name:<{width}}  {candidate.op:<{op_width}}  {candidate.channels:>8}  {candidate.stride:>6}")
+    print(f"--layers auto picks: {','.join(auto_layers(candidates))}")
     return 0

@@ -204,3 +204,29 @@ def test_cli_export_of_a_fixed_size_network_says_so_and_records_it(tmp_path):
     assert "runs only on 48x48 pictures" in result.stdout and "fixed_size=48" in result.stdout
     manifest = read_manifest(tmp_path / "models" / "onnx")
     assert (manifest.fixed_size, manifest.min_size) == (48, 48)
+
+
+def test_cli_lists_the_candidate_layers_of_an_onnx_file_deepest_last(tiny_onnx):
+    path, (body, head) = tiny_onnx
+    result = _cli("layers", "--onnx", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["tensor", "op", "channels", "stride"]
+    rows = {row[0]: row[1:] for row in (line.split() for line in lines[1:-1])}
+    assert rows[body] == ["Mul", "8", "4"]  # the squeeze-excite product
+    assert lines[-2].split() == [head, "Mul", "16", "8"]  # HardSwish, written as x * HardSigmoid(x)
+    assert lines[-1].startswith("--layers auto picks: ") and lines[-1].endswith(head)
+
+
+def test_cli_exports_an_onnx_file_with_automatic_layers(tiny_onnx, tmp_path):
+    path, (_, head) = tiny_onnx
+    result = _cli("export", "onnx", "--onnx", str(path), "--layers", "auto", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(tmp_path / "onnx")
+    assert manifest.layers[-1].name == head
+    assert set(manifest.default_layers) <= {layer.name for layer in manifest.layers}
+
+
+def test_cli_layers_needs_a_model_or_an_onnx_file():
+    result = _cli("layers")
+    assert result.returncode == 2 and "--onnx FILE" in result.stderr and "Traceback" not in result.stderr

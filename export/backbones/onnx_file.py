@@ -11,6 +11,7 @@ name the user's converter chose can clash with the names the export writes.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,131 @@ class OnnxBackboneError(ValueError):
     """The ONNX file cannot be used as a backbone (unreadable, wrong input, unknown tensors)."""
 
 
+# A dream layer should be a block's finished output: what an activation, a pool, a residual
+# sum or a concatenation writes. A tensor consumed only by the op that finishes its block
+# (a convolution's output on its way to batch norm and ReLU) is no candidate.
+_BLOCK_OUTPUT_OPS = frozenset(
+    {"Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "HardSwish", "Sigmoid", "Tanh", "Softplus", "Mul", "Add",
+     "Sum", "Concat", "MaxPool", "AveragePool", "LRN", "Resize"}
+)  # fmt: skip
+AUTO_LAYERS = "auto"  # --layers auto: the export picks the layers (see auto_layers)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A tensor of a user's network one can dream on."""
+
+    name: str
+    op: str  # the op that writes it
+    channels: int
+    stride: int  # input pixels per activation pixel
+
+
 def load_onnx_backbone(options) -> Backbone:
     path = Path(options.path)
+    model = _read_model(path)
+    graph = model.graph
+    image_input = _image_input(graph, path)
+    names = list(options.layers)
+    if names == [AUTO_LAYERS]:
+        names = auto_layers(_candidates(graph, image_input))
+        if not names:
+            raise OnnxBackboneError(f"{path.name}: found no layer to pick automatically; name tensors with --layers")
+    produced = {out for node in graph.node for out in node.output}
+    missing = [name for name in names if name not in produced]
+    if missing:
+        hints = {name: difflib.get_close_matches(name, sorted(produced), n=3) for name in missing}
+        detail = "; ".join(f"{name!r} (closest: {', '.join(close) or 'none'})" for name, close in hints.items())
+        raise OnnxBackboneError(f"{path.name} has no tensor {detail}; `dreamstream layers --onnx` lists the candidates")
+
+    declared = declared_size(graph)
+    forward = _forward(graph, image_input, names)
+    layers = _measure_layers(forward, names, declared or PROBE_SIZE)
+    weight_names = frozenset(
+        init.name
+        for init in forward.graph.initializer
+        if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= EXTERNAL_MIN_ELEMENTS
+    )
+    preprocessing = Preprocessing(
+        mean=tuple(options.mean), std=tuple(options.std), bgr=options.bgr, scale=options.scale
+    )
+    # The middle of the automatic picks is the classic DeepDream depth; otherwise the deepest named.
+    default = layers[len(layers) // 2] if list(options.layers) == [AUTO_LAYERS] else layers[-1]
+    return Backbone(
+        name=path.stem,
+        forward=forward,
+        layers=layers,
+        preprocessing=preprocessing,
+        default_layers={default.name: 1.0},
+        weight_names=weight_names,
+        source={"weights": path.name},
+        declared_size=declared,
+    )
+
+
+def candidate_layers(path: Path) -> list[Candidate]:
+    """The tensors of the network in `path` one can dream on, deepest last."""
+    path = Path(path)
+    graph = _read_model(path).graph
+    return _candidates(graph, _image_input(graph, path))
+
+
+def auto_layers(candidates: list[Candidate]) -> list[str]:
+    """A few good layers: the last block output at each of the three deepest strides."""
+    last_at_stride: dict[int, Candidate] = {}
+    for candidate in candidates:
+        last_at_stride[candidate.stride] = candidate
+    picked = [last_at_stride[stride] for stride in sorted(last_at_stride)[-3:]]
+    order = {candidate.name: index for index, candidate in enumerate(candidates)}
+    return sorted((candidate.name for candidate in picked), key=order.__getitem__)
+
+
+def _candidates(graph: onnx.GraphProto, image_input: str) -> list[Candidate]:
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    ops = {out: node.op_type for node in graph.node for out in node.output}
+    float_4d = _float_4d_tensors(graph)
+    names = [
+        out
+        for node in graph.node
+        if node.op_type in _BLOCK_OUTPUT_OPS
+        for out in node.output[:1]
+        if out in float_4d and not _finished_by_the_next_op(consumers.get(out, []))
+    ]
+    if not names:
+        return []
+    size = declared_size(graph) or PROBE_SIZE
+    values = _run(_forward(graph, image_input, names), names, size)
+    return [
+        Candidate(name, ops[name], int(value.shape[1]), max(1, round(size / value.shape[2])))
+        for name, value in zip(names, values, strict=True)
+        # A square picture gives square NCHW maps: that leaves out channels-last tensors ([N,H,W,C]).
+        if value.ndim == 4 and value.shape[2] == value.shape[3] >= 2 and value.dtype == np.float32
+    ]
+
+
+def _float_4d_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Tensors shape inference knows to be float and of rank 4 (shape arithmetic is neither)."""
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)])
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    return {
+        value.name
+        for value in [*inferred.value_info, *inferred.output]
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT
+        and value.type.tensor_type.HasField("shape")
+        and len(value.type.tensor_type.shape.dim) == 4
+    }
+
+
+def _finished_by_the_next_op(consumers: list[onnx.NodeProto]) -> bool:
+    """The tensor goes on, unchanged in shape, into the op that finishes its block (an Add's output
+    into a ReLU, a concatenation into batch norm and ReLU): that op's output is the candidate."""
+    return len(consumers) == 1 and consumers[0].op_type in {"Relu", "Clip", "BatchNormalization", "Mul", "Add"}
+
+
+def _read_model(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise OnnxBackboneError(f"ONNX file {path} does not exist")
     try:
@@ -40,51 +164,26 @@ def load_onnx_backbone(options) -> Backbone:
     except Exception as error:  # onnx raises DecodeError and others for a bad file
         raise OnnxBackboneError(f"{path} is not a readable ONNX model: {error}") from error
     try:
-        model = to_opset(model, path.name)
+        return to_opset(model, path.name)
     except OpsetError as error:
         raise OnnxBackboneError(str(error)) from error
-    graph = model.graph
-    image_input = _image_input(graph, path)
-    produced = {out for node in graph.node for out in node.output}
-    missing = [name for name in options.layers if name not in produced]
-    if missing:
-        hints = {name: difflib.get_close_matches(name, sorted(produced), n=3) for name in missing}
-        detail = "; ".join(f"{name!r} (closest: {', '.join(close) or 'none'})" for name, close in hints.items())
-        raise OnnxBackboneError(f"{path.name} has no tensor {detail}")
 
+
+def _forward(graph: onnx.GraphProto, image_input: str, outputs: list[str]) -> onnx.ModelProto:
+    """The user's graph in its own namespace, from its image input to the tensors `outputs` names."""
     graph = _namespaced(graph)
     forward = onnx.helper.make_model(
         onnx.helper.make_graph(
             list(graph.node),
             graph.name or "user",
             [tensor_info(_NAMESPACE + image_input, TensorProto.FLOAT, ["N", 3, "H", "W"])],
-            [tensor_info(_NAMESPACE + name, TensorProto.FLOAT, None) for name in options.layers],
+            [tensor_info(_NAMESPACE + name, TensorProto.FLOAT, None) for name in outputs],
             list(graph.initializer),
         ),
         opset_imports=[onnx.helper.make_opsetid("", OPSET)],
     )
     forward.ir_version = 8
-    declared = declared_size(graph)
-    layers = _measure_layers(forward, options.layers, declared or PROBE_SIZE)
-    weight_names = frozenset(
-        init.name
-        for init in graph.initializer
-        if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= EXTERNAL_MIN_ELEMENTS
-    )
-    preprocessing = Preprocessing(
-        mean=tuple(options.mean), std=tuple(options.std), bgr=options.bgr, scale=options.scale
-    )
-    deepest = layers[-1].name
-    return Backbone(
-        name=path.stem,
-        forward=forward,
-        layers=layers,
-        preprocessing=preprocessing,
-        default_layers={deepest: 1.0},
-        weight_names=weight_names,
-        source={"weights": path.name},
-        declared_size=declared,
-    )
+    return forward
 
 
 def _image_input(graph: onnx.GraphProto, path: Path) -> str:
@@ -124,21 +223,25 @@ def declared_size(graph: onnx.GraphProto) -> int | None:
     return height if height and height == width else None
 
 
-def _measure_layers(forward: onnx.ModelProto, names: list[str], probe_size: int) -> list[DreamLayer]:
-    """Channels and stride of each named tensor, from one run at `probe_size` (the declared size, if any:
-    a network exported with fixed shapes may run at no other)."""
+def _run(forward: onnx.ModelProto, names: list[str], size: int) -> list[np.ndarray]:
+    """The named tensors for one grey size x size picture."""
     import onnxruntime as ort
 
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # ORT's warnings about the user's graph are not the user's business here
         session = ort.InferenceSession(forward.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        probe = np.full((1, 3, probe_size, probe_size), 0.5, np.float32)
-        outputs = session.run([_NAMESPACE + name for name in names], {forward.graph.input[0].name: probe})
+        probe = np.full((1, 3, size, size), 0.5, np.float32)
+        return session.run([_NAMESPACE + name for name in names], {forward.graph.input[0].name: probe})
     except Exception as error:  # ORT's own exception types
-        raise OnnxBackboneError(f"the network does not run on a {probe_size}px image: {error}") from error
+        raise OnnxBackboneError(f"the network does not run on a {size}px image: {error}") from error
+
+
+def _measure_layers(forward: onnx.ModelProto, names: list[str], probe_size: int) -> list[DreamLayer]:
+    """Channels and stride of each named tensor, from one run at `probe_size` (the declared size, if any:
+    a network exported with fixed shapes may run at no other)."""
     layers = []
-    for name, value in zip(names, outputs, strict=True):
+    for name, value in zip(names, _run(forward, names, probe_size), strict=True):
         if value.ndim != 4:
             raise OnnxBackboneError(f"tensor {name!r} has shape {value.shape}; dream layers must be [N,C,H,W]")
         stride = max(1, round(probe_size / value.shape[2]))
