@@ -22,13 +22,14 @@ class Started:
     request_id: str  # the dream's id in the server's logs
     model: str
     layers: dict[str, float]  # layer name -> weight in effect
-    octave_sizes: tuple[tuple[int, int], ...]  # (width, height) of each octave, smallest first
+    octave_sizes: tuple[tuple[int, int], ...]  # (width, height) each octave is dreamed at, smallest first
     octave_scale: float
     steps_per_octave: int
     step_size: float
     jitter: int
     seed: int
     format: str  # of the frames: "png", "jpeg" or "webp"
+    output_size: tuple[int, int]  # (width, height) of the final frame
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent | None:
             jitter=started.jitter,
             seed=started.seed,
             format=format_of_enum(started.format).name,
+            output_size=(started.output_size.width, started.output_size.height),
         )
     if kind == "frame":
         frame = response.frame

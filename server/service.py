@@ -129,6 +129,7 @@ def started_message(plan: DreamPlan, request_id: str) -> dream_pb2.DreamResponse
             jitter=params.jitter,
             seed=params.seed,
             format=plan.frame_format.enum,
+            output_size=dream_pb2.ImageSize(width=plan.size[1], height=plan.size[0]),
         )
     )
 

@@ -170,8 +170,17 @@ def test_the_first_event_is_what_the_server_made_of_the_request(client: DreamCli
     assert started.layers == pytest.approx(default_layers)
     frames = [event for event in events if isinstance(event, Frame)]
     assert started.octave_sizes == tuple((frame.width, frame.height) for frame in frames)
+    assert started.output_size == (frames[-1].width, frames[-1].height)
     assert (started.seed, started.steps_per_octave, started.format) == (7, 2, "png")
     assert started.jitter == 32 and started.octave_scale == pytest.approx(1.4)
+
+
+def test_started_tells_the_output_size_apart_from_the_octaves_above_the_picture(client: DreamClient) -> None:
+    events = list(client.dream(PICTURE, octaves_above=1, **SMALL))
+
+    started, final = events[0], events[-1]
+    assert started.output_size == (final.width, final.height)  # scaled back to the picture's size
+    assert max(started.octave_sizes[-1]) > max(started.output_size) == 64
 
 
 def test_the_started_values_sent_back_dream_the_same_picture(client: DreamClient) -> None:

@@ -161,7 +161,7 @@ class ImageSize(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class DreamStarted(_message.Message):
-    __slots__ = ("request_id", "model", "layers", "octave_sizes", "octave_scale", "steps_per_octave", "step_size", "jitter", "seed", "format")
+    __slots__ = ("request_id", "model", "layers", "octave_sizes", "octave_scale", "steps_per_octave", "step_size", "jitter", "seed", "format", "output_size")
     class LayersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,7 @@ class DreamStarted(_message.Message):
     JITTER_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     layers: _containers.ScalarMap[str, float]
@@ -189,7 +190,8 @@ class DreamStarted(_message.Message):
     jitter: int
     seed: int
     format: ImageFormat
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Mapping[str, float]] = ..., octave_sizes: _Optional[_Iterable[_Union[ImageSize, _Mapping]]] = ..., octave_scale: _Optional[float] = ..., steps_per_octave: _Optional[int] = ..., step_size: _Optional[float] = ..., jitter: _Optional[int] = ..., seed: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+    output_size: ImageSize
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Mapping[str, float]] = ..., octave_sizes: _Optional[_Iterable[_Union[ImageSize, _Mapping]]] = ..., octave_scale: _Optional[float] = ..., steps_per_octave: _Optional[int] = ..., step_size: _Optional[float] = ..., jitter: _Optional[int] = ..., seed: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., output_size: _Optional[_Union[ImageSize, _Mapping]] = ...) -> None: ...
 
 class DreamResponse(_message.Message):
     __slots__ = ("progress", "frame", "started")
