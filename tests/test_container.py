@@ -1,0 +1,195 @@
+"""The container image: the root Dockerfile, built for the CPU on a plain Debian base and run.
+
+A private Docker daemon (tests/docker_engine.py) builds the image once per session from a
+copy of the checkout's files, the way CI builds it; the container runs on the host's
+network, listening on loopback only, and this test process is its independent client.
+Skipped, saying why, where the container engine cannot be installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import BVLC_WEIGHTS
+from docker_engine import DockerEngine
+from health import serving_status, wait_until_serving
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = "dreamstream-test:cpu"
+BASE = "local/bookworm:test"
+# The CA bundle pip trusts on this machine, handed to the build as a secret.
+PIP_CA = Path(os.environ.get("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt"))
+# Seconds `docker stop` leaves the server before it kills it.
+STOP_GRACE = 30
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def build_context(destination: Path) -> Path:
+    """The checkout's files as CI's clone has them (tracked, or new and not ignored), plus the
+    BVLC weights under weights/ when ../shared has them, for a model exported at build time."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    if BVLC_WEIGHTS.exists():
+        (destination / "weights").mkdir()
+        shutil.copy2(BVLC_WEIGHTS, destination / "weights" / BVLC_WEIGHTS.name)
+    return destination
+
+
+def models_to_export(context: Path) -> list[str]:
+    models = ["efficientnet-lite0"]
+    if (context / "weights" / BVLC_WEIGHTS.name).exists():
+        models.append(f"googlenet-bvlc:weights/{BVLC_WEIGHTS.name}")
+    return models
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[DockerEngine]:
+    docker = DockerEngine()
+    yield docker
+    docker.stop()
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    models: list[str]  # the models exported into it at build time
+
+
+@pytest.fixture(scope="session")
+def image(engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """The CPU image, built once per session."""
+    engine.import_debian_base(BASE)
+    context = build_context(tmp_path_factory.mktemp("context"))
+    models = models_to_export(context)
+    build_args = {"BASE": BASE, "EXTRA": "server", "MODELS": " ".join(models)}
+    options = [f"--build-arg={name}={value}" for name, value in build_args.items()]
+    if PIP_CA.is_file():
+        options.append(f"--secret=id=pipca,src={PIP_CA}")
+    engine("build", "--network=host", *options, f"--tag={IMAGE}", str(context), timeout=1800)
+    return BuiltImage(IMAGE, [entry.split(":")[0] for entry in models])
+
+
+class Container:
+    """`docker run -d` of the image on the host's network; the server on 127.0.0.1:port."""
+
+    def __init__(self, engine: DockerEngine, image: BuiltImage, *args: str) -> None:
+        self.engine = engine
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        serve = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu", *args]
+        self.id = engine("run", "--detach", "--network=host", image.tag, *serve).strip()
+
+    def inspect(self) -> dict:
+        return json.loads(self.engine("inspect", self.id))[0]
+
+    def logs(self) -> str:
+        return self.engine("logs", self.id)
+
+    def wait_until_serving(self) -> None:
+        try:
+            wait_until_serving(self.target)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; container state {self.inspect()['State']}") from None
+
+    def remove(self) -> None:
+        self.engine("rm", "--force", self.id)
+
+
+@pytest.fixture(scope="module")
+def container(engine: DockerEngine, image: BuiltImage) -> Iterator[Container]:
+    running = Container(engine, image)
+    running.wait_until_serving()
+    yield running
+    running.remove()
+
+
+def test_the_server_in_the_container_reports_serving(container: Container) -> None:
+    from grpc_health.v1 import health_pb2
+
+    assert serving_status(container.target) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_client_on_the_host_dreams_through_the_container(container: Container) -> None:
+    from dreamstream.client import DreamClient
+    from dreamstream.client.events import Frame
+
+    with DreamClient(container.target) as client:
+        events = list(client.dream(REPO / "samples" / "coffee.jpg", octaves=2, max_size=96))
+    frames = [event for event in events if isinstance(event, Frame)]
+    assert [frame.final for frame in frames] == [False, True]
+    assert max(frames[-1].image().size) == 96
+
+
+def test_the_models_exported_at_build_time_are_served(container: Container, image: BuiltImage) -> None:
+    from dreamstream.client import DreamClient
+
+    with DreamClient(container.target) as client:
+        served = {model.name: model.default for model in client.models()}
+    assert sorted(served) == sorted(image.models)
+    assert served["efficientnet-lite0"] is True
+
+
+def test_every_process_in_the_container_runs_as_the_non_root_user(container: Container) -> None:
+    processes = container.engine("top", container.id, "-o", "pid,uid,args").splitlines()[1:]
+    assert {line.split()[1] for line in processes} == {"10001"}, processes
+
+
+def test_the_image_runs_dreamstream_under_tini_serving_its_models_on_every_address(
+    engine: DockerEngine, image: BuiltImage
+) -> None:
+    config = json.loads(engine("image", "inspect", image.tag))[0]["Config"]
+    assert config["User"] == "10001:10001"
+    assert config["Entrypoint"] == ["/usr/bin/tini", "--", "dreamstream"]
+    assert config["Cmd"] == ["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "50051"]
+
+
+def test_docker_stop_ends_the_server_with_exit_code_0(engine: DockerEngine, image: BuiltImage) -> None:
+    """SIGTERM reaches the server through tini, and it exits cleanly before the kill."""
+    stopped = Container(engine, image)
+    try:
+        stopped.wait_until_serving()
+        engine("stop", "--time", str(STOP_GRACE), stopped.id, timeout=STOP_GRACE + 60)
+        state = stopped.inspect()["State"]
+        assert (state["ExitCode"], state["OOMKilled"]) == (0, False), stopped.logs()
+    finally:
+        stopped.remove()
+
+
+def test_no_layer_holds_the_build_secret(engine: DockerEngine, image: BuiltImage, tmp_path: Path) -> None:
+    """The CA bundle given to pip as a BuildKit secret is in none of the image's layers."""
+    if not PIP_CA.is_file():
+        pytest.skip(f"{PIP_CA} is absent: the build had no secret")
+    secret = PIP_CA.read_bytes()
+    saved = tmp_path / "image.tar"
+    engine("save", "--output", str(saved), image.tag)
+    with tarfile.open(saved) as image_tar:
+        for layer in (member for member in image_tar if member.name.endswith("layer.tar")):
+            with tarfile.open(fileobj=image_tar.extractfile(layer)) as layer_tar:
+                for file in layer_tar:
+                    if file.isfile() and file.size == len(secret):
+                        content = layer_tar.extractfile(file).read()
+                        assert hashlib.sha256(content).digest() != hashlib.sha256(secret).digest(), file.name
