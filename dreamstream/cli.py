@@ -65,7 +65,8 @@ PARTS = (
     Part(
         module="dreamstream.export.cli",
         hook="add_export_parsers",
-        install="the export extra: pip install 'dreamstream[export]'",
+        # The export extra names no ONNX Runtime: it takes the server's or the GPU's.
+        install="the export extra and a runtime: pip install 'dreamstream[server,export]' ('[gpu,export]' for CUDA)",
         commands={
             "export": "export a backbone into a model directory",
             "layers": "list the layers of an exported model",

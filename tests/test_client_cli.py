@@ -199,7 +199,9 @@ def test_the_client_commands_never_import_the_server_or_export_dependencies(
         text=True,
     )
     assert export.returncode == 2
-    assert "needs the export extra" in one_line_error(export.stderr)
+    assert "needs the export extra and a runtime: pip install 'dreamstream[server,export]'" in one_line_error(
+        export.stderr
+    )
 
 
 def test_serve_without_models_is_one_line_saying_how_to_export(tmp_path: Path) -> None:

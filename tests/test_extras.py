@@ -41,7 +41,7 @@ def resolved(extras: str, report: Path) -> set[str]:
 
 @pytest.mark.parametrize(
     ("extras", "runtime"),
-    [("gpu,export", "onnxruntime-gpu"), ("server,export", "onnxruntime"), ("gpu", "onnxruntime-gpu")],
+    [("gpu,export", "onnxruntime-gpu"), ("server,export", "onnxruntime")],
 )
 def test_extras_install_exactly_one_onnx_runtime(extras: str, runtime: str, tmp_path: Path) -> None:
     assert resolved(extras, tmp_path / "report.json") & RUNTIMES == {runtime}
