@@ -67,7 +67,7 @@ def models_to_export(context: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[DockerEngine]:
+def docker() -> Iterator[DockerEngine]:
     docker = DockerEngine()
     yield docker
     docker.stop()
@@ -80,34 +80,34 @@ class BuiltImage:
 
 
 @pytest.fixture(scope="session")
-def image(engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+def image(docker: DockerEngine, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     """The CPU image, built once per session."""
-    engine.import_debian_base(BASE)
+    docker.import_debian_base(BASE)
     context = build_context(tmp_path_factory.mktemp("context"))
     models = models_to_export(context)
     build_args = {"BASE": BASE, "EXTRA": "server", "MODELS": " ".join(models)}
     options = [f"--build-arg={name}={value}" for name, value in build_args.items()]
     if PIP_CA.is_file():
         options.append(f"--secret=id=pipca,src={PIP_CA}")
-    engine("build", "--network=host", *options, f"--tag={IMAGE}", str(context), timeout=1800)
+    docker("build", "--network=host", *options, f"--tag={IMAGE}", str(context), timeout=1800)
     return BuiltImage(IMAGE, [entry.split(":")[0] for entry in models])
 
 
 class Container:
     """`docker run -d` of the image on the host's network; the server on 127.0.0.1:port."""
 
-    def __init__(self, engine: DockerEngine, image: BuiltImage, *args: str) -> None:
-        self.engine = engine
+    def __init__(self, docker: DockerEngine, image: BuiltImage, *args: str) -> None:
+        self.docker = docker
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         serve = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu", *args]
-        self.id = engine("run", "--detach", "--network=host", image.tag, *serve).strip()
+        self.id = docker("run", "--detach", "--network=host", image.tag, *serve).strip()
 
     def inspect(self) -> dict:
-        return json.loads(self.engine("inspect", self.id))[0]
+        return json.loads(self.docker("inspect", self.id))[0]
 
     def logs(self) -> str:
-        return self.engine("logs", self.id)
+        return self.docker("logs", self.id)
 
     def wait_until_serving(self) -> None:
         try:
@@ -116,12 +116,12 @@ class Container:
             raise AssertionError(f"{error}; container state {self.inspect()['State']}") from None
 
     def remove(self) -> None:
-        self.engine("rm", "--force", self.id)
+        self.docker("rm", "--force", self.id)
 
 
 @pytest.fixture(scope="module")
-def container(engine: DockerEngine, image: BuiltImage) -> Iterator[Container]:
-    running = Container(engine, image)
+def container(docker: DockerEngine, image: BuiltImage) -> Iterator[Container]:
+    running = Container(docker, image)
     running.wait_until_serving()
     yield running
     running.remove()
@@ -154,38 +154,38 @@ def test_the_models_exported_at_build_time_are_served(container: Container, imag
 
 
 def test_every_process_in_the_container_runs_as_the_non_root_user(container: Container) -> None:
-    processes = container.engine("top", container.id, "-o", "pid,uid,args").splitlines()[1:]
+    processes = container.docker("top", container.id, "-o", "pid,uid,args").splitlines()[1:]
     assert {line.split()[1] for line in processes} == {"10001"}, processes
 
 
 def test_the_image_runs_dreamstream_under_tini_serving_its_models_on_every_address(
-    engine: DockerEngine, image: BuiltImage
+    docker: DockerEngine, image: BuiltImage
 ) -> None:
-    config = json.loads(engine("image", "inspect", image.tag))[0]["Config"]
+    config = json.loads(docker("image", "inspect", image.tag))[0]["Config"]
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["/usr/bin/tini", "--", "dreamstream"]
     assert config["Cmd"] == ["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "50051"]
 
 
-def test_docker_stop_ends_the_server_with_exit_code_0(engine: DockerEngine, image: BuiltImage) -> None:
+def test_docker_stop_ends_the_server_with_exit_code_0(docker: DockerEngine, image: BuiltImage) -> None:
     """SIGTERM reaches the server through tini, and it exits cleanly before the kill."""
-    stopped = Container(engine, image)
+    stopped = Container(docker, image)
     try:
         stopped.wait_until_serving()
-        engine("stop", "--time", str(STOP_GRACE), stopped.id, timeout=STOP_GRACE + 60)
+        docker("stop", "--time", str(STOP_GRACE), stopped.id, timeout=STOP_GRACE + 60)
         state = stopped.inspect()["State"]
         assert (state["ExitCode"], state["OOMKilled"]) == (0, False), stopped.logs()
     finally:
         stopped.remove()
 
 
-def test_no_layer_holds_the_build_secret(engine: DockerEngine, image: BuiltImage, tmp_path: Path) -> None:
+def test_no_layer_holds_the_build_secret(docker: DockerEngine, image: BuiltImage, tmp_path: Path) -> None:
     """The CA bundle given to pip as a BuildKit secret is in none of the image's layers."""
     if not PIP_CA.is_file():
         pytest.skip(f"{PIP_CA} is absent: the build had no secret")
     secret = PIP_CA.read_bytes()
     saved = tmp_path / "image.tar"
-    engine("save", "--output", str(saved), image.tag)
+    docker("save", "--output", str(saved), image.tag)
     with tarfile.open(saved) as image_tar:
         for layer in (member for member in image_tar if member.name.endswith("layer.tar")):
             with tarfile.open(fileobj=image_tar.extractfile(layer)) as layer_tar:
