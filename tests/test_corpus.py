@@ -4,8 +4,9 @@ agrees with torch autograd in float64, and it dreams through a real server.
 
 The normal run takes a representative subset (each failure this corpus found, once);
 DREAMSTREAM_LONG_TESTS=1 runs every architecture at opsets 9, 13, 17 and 21, static
-and dynamic, and every converter rewrite. DREAMSTREAM_CORPUS_REPORT=FILE appends one
-JSON line per exported case (relative errors, op types, export time) for the notes.
+and dynamic, through torch's dynamo exporter too, and every converter rewrite.
+DREAMSTREAM_CORPUS_REPORT=FILE appends one JSON line per exported case (relative
+errors, op types, export time) for the notes.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ class CorpusCase:
     opset: int
     dynamic: bool = True
     variants: tuple[str, ...] = ()
+    exporter: str = "torchscript"  # or "dynamo": torch.export's ONNX exporter (opset 18 and up, onnxscript)
 
     @property
     def name(self) -> str:
         shape = "dynamic" if self.dynamic else "static"
-        return "-".join([self.arch, f"opset{self.opset}", shape, *self.variants])
+        return "-".join([self.arch, self.exporter, f"opset{self.opset}", shape, *self.variants])
 
 
 # Each case here once failed to export, or exercises a path the others do not.
@@ -59,6 +61,7 @@ REPRESENTATIVE = [
     CorpusCase("xception", 17),  # PRelu, Elu, Selu, LeakyRelu, Softplus
     CorpusCase("mobilenet_v3", 17),  # HardSwish, HardSigmoid, squeeze-excitation
     CorpusCase("shufflenet_v1", 17, False),  # channel shuffles fixed at the traced size: a fixed-size model
+    CorpusCase("convnext_t", 20, False, exporter="dynamo"),  # torch's default exporter: attributes newer than 17
 ]
 # Static exports whose reshapes freeze the traced size: they run at EXPORT_SIZE only.
 FIXED_SIZE = {"shufflenet_v1", "shufflenet_v2", "attention", "unet"}
@@ -80,6 +83,7 @@ def _long_cases() -> list[CorpusCase]:
         for dynamic in (True, False)
         if (arch, opset, dynamic) not in TORCH_CANNOT_EXPORT
     ]
+    cases += [CorpusCase(arch, 20, False, exporter="dynamo") for arch in ARCHITECTURES]
     for arch in ("densenet121", "resnext", "mobilenet_v2"):
         for opset in (9, 17):
             cases += [CorpusCase(arch, opset, variants=(variant,)) for variant in VARIANTS]
@@ -103,10 +107,10 @@ def _torch_onnx(case: CorpusCase, folder: Path) -> Path:
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; users' files come from it
         torch.onnx.export(
             model,
-            torch.rand(1, 3, EXPORT_SIZE, EXPORT_SIZE),
+            (torch.rand(1, 3, EXPORT_SIZE, EXPORT_SIZE),),
             str(path),
             opset_version=case.opset,
-            dynamo=False,
+            dynamo=case.exporter == "dynamo",
             input_names=["input"],
             output_names=["mid", "deep", "logits"],
             dynamic_axes=dynamic_axes,

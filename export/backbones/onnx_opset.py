@@ -33,11 +33,19 @@ def to_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     if version > OPSET:
         model = _without_newer_ops(model)
     try:
-        return version_converter.convert_version(model, OPSET)
+        converted = version_converter.convert_version(model, OPSET)
     except Exception as error:  # the converter raises plain RuntimeErrors
         if version < OPSET:
             raise OpsetError(f"{label}: cannot convert opset {version} to {OPSET}: {error}") from error
         failure = error
+    else:
+        # Going down, the converter keeps attributes newer than OPSET (ReduceMean's noop_with_empty_axes).
+        try:
+            for node in converted.graph.node:
+                _without_newer_attributes(node)
+        except OpsetError as error:
+            raise OpsetError(f"{label}: cannot convert opset {version} to {OPSET}: {error}") from error
+        return converted
     # The converter has no way down for some ops that only gained types after OPSET
     # (ConstantOfShape 20, Cast 21); write the few that changed meaning in their older form.
     try:
@@ -111,11 +119,14 @@ _REDUCTIONS_WITH_AXES_INPUT = frozenset(
     {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
      "ReduceLogSumExp", "ReduceSumSquare"}
 )  # fmt: skip
-# Attributes added after OPSET whose default keeps the old meaning.
+# Attributes added after OPSET, with the value that keeps the meaning an op had at OPSET
+# (None: a list of ones). An op using any other value has no older form.
 _NEWER_DEFAULTS = {
-    "Cast": {"saturate": 1},
-    "Resize": {"antialias": 0, "keep_aspect_ratio_policy": b"stretch"},
-    "AveragePool": {"dilations": None},
+    "saturate": 1,  # Cast
+    "antialias": 0,  # Resize
+    "keep_aspect_ratio_policy": b"stretch",  # Resize
+    "dilations": None,  # AveragePool
+    "noop_with_empty_axes": 0,  # the reductions that took axes as an attribute
 }
 
 
@@ -151,17 +162,25 @@ def _older_form(node: onnx.NodeProto, constants: dict, shapes: dict[str, list[in
         del node.input[1:]
     if node.op_type == "Split" and any(a.name == "num_outputs" for a in node.attribute):
         added.append(_split_sizes_as_input(node, shapes))
-    for name, default in _NEWER_DEFAULTS.get(node.op_type, {}).items():
-        attribute = next((a for a in node.attribute if a.name == name), None)
-        if attribute is None:
-            continue
-        value = helper.get_attribute_value(attribute)
-        if default is not None and value != default:
-            raise OpsetError(f"node {node.name!r} ({node.op_type}) uses {name}={value!r}, new after opset {OPSET}")
-        if default is None and any(v != 1 for v in value):
-            raise OpsetError(f"node {node.name!r} ({node.op_type}) uses {name}, new after opset {OPSET}")
-        node.attribute.remove(attribute)
+    _without_newer_attributes(node)
     return added
+
+
+def _without_newer_attributes(node: onnx.NodeProto) -> None:
+    """Drop the attributes OPSET's form of the op lacks, where their value keeps the old meaning."""
+    try:
+        known = onnx.defs.get_schema(node.op_type, OPSET, node.domain).attributes
+    except onnx.defs.SchemaError:
+        return  # an op newer than OPSET: the checker names it
+    for attribute in [a for a in node.attribute if a.name not in known]:
+        if attribute.name not in _NEWER_DEFAULTS:
+            raise OpsetError(f"node {node.name!r} ({node.op_type}) uses {attribute.name}, new after opset {OPSET}")
+        value, default = helper.get_attribute_value(attribute), _NEWER_DEFAULTS[attribute.name]
+        if value != default and not (default is None and all(v == 1 for v in value)):
+            raise OpsetError(
+                f"node {node.name!r} ({node.op_type}) uses {attribute.name}={value!r}, new after opset {OPSET}"
+            )
+        node.attribute.remove(attribute)
 
 
 def _split_sizes_as_input(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> onnx.TensorProto:
