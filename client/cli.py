@@ -177,7 +177,20 @@ def add_dream_options(parser: argparse.ArgumentParser) -> None:
         "--max-size",
         type=positive_int,
         metavar="PX",
-        help="longer side before dreaming (default 1024)",
+        help="longer side before dreaming (default 1024; above the model's max untiled size it is tiled)",
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=positive_int,
+        metavar="PX",
+        help="compute the gradient in tiles of PX pixels, so memory follows the tile (default: the server tiles "
+        "pictures too large for its memory)",
+    )
+    parser.add_argument(
+        "--tile-overlap",
+        type=non_negative_int,
+        metavar="PX",
+        help="context each tile reads past what it keeps (default: a sixteenth of the tile)",
     )
 
 
@@ -352,6 +365,8 @@ def dream_options(args: argparse.Namespace, fmt: str) -> DreamOptions:
         ("jitter", args.jitter),
         ("seed", args.seed),
         ("max_size", args.max_size),
+        ("tile_size", args.tile_size),
+        ("tile_overlap", args.tile_overlap),
     ):
         if value is not None:
             options[option] = value
@@ -404,6 +419,8 @@ def run_models(args: argparse.Namespace) -> int:
     for model in models:
         default = " (default)" if model.default else ""
         sides = f"sides {model.min_size} to {model.max_size} px"
+        if model.max_untiled_size:
+            sides += f" (tiled above {model.max_untiled_size})"
         guide = ", guided dreams" if model.supports_guide else ""
         print(f"{model.name}{default}: {model.backbone}, {sides}{guide}")
         print("\n".join(layer_table(model.layers, model.default_layers, indent="  ")))

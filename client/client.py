@@ -66,6 +66,8 @@ class DreamOptions(TypedDict, total=False):
     octaves_above: int  # octaves past the picture's size
     return_largest: bool  # with octaves_above: the result at the largest octave's size
     repeat: int  # dream the result again this many times
+    tile_size: int  # compute the gradient in tiles of this many pixels (0: the server decides)
+    tile_overlap: int  # pixels of context each tile reads past what it keeps
 
 
 CHANNEL_MODES = {
@@ -145,9 +147,12 @@ def build_request(image: ImageInput | None, options: DreamOptions) -> dream_pb2.
         octaves_above=options.get("octaves_above", 0),
         return_largest=options.get("return_largest", False),
         repeat=options.get("repeat", 0),
+        tile_size=options.get("tile_size", 0),
     )
-    if "jitter" in options:  # optional in the proto: an explicit 0 turns jitter off
-        request.jitter = options["jitter"]
+    # Optional in the proto: an explicit 0 turns them off.
+    for optional in ("jitter", "tile_overlap"):
+        if optional in options:
+            setattr(request, optional, options[optional])
     return request
 
 

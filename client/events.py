@@ -44,6 +44,7 @@ class Progress:
     elapsed: float  # seconds since the server started this dream
     done: float  # fraction of the dream's work done, in [0, 1]
     round: int = 1  # with the `repeat` option: the round of this step, from 1
+    tiles: int = 1  # the tiles the server computed this step's gradient in
 
     @property
     def seconds_left(self) -> float | None:
@@ -106,6 +107,7 @@ class ModelInfo:
     max_size: int
     default: bool  # the model used when a dream names none
     supports_guide: bool = False  # exported with guide graphs: the `guide` option works
+    max_untiled_size: int = 0  # larger pictures are dreamed in tiles (0: a server from before tiling)
 
 
 def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent | None:
@@ -151,6 +153,7 @@ def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent | None:
         elapsed=progress.elapsed_seconds,
         done=progress.done,
         round=progress.round or 1,
+        tiles=progress.tiles or 1,
     )
 
 
@@ -165,6 +168,7 @@ def models_from_response(response: dream_pb2.ListModelsResponse) -> list[ModelIn
             max_size=model.max_size,
             default=model.name == response.default_model,
             supports_guide=model.supports_guide,
+            max_untiled_size=model.max_untiled_size,
         )
         for model in response.models
     ]

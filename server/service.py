@@ -34,6 +34,7 @@ from dreamstream.server.engine import (
     Step,
 )
 from dreamstream.server.engine.request import ChannelMode
+from dreamstream.server.engine.tiling import MAX_TILED_SIDE
 from dreamstream.server.error_status import error_status
 from dreamstream.server.memory import give_back_free_memory
 from dreamstream.server.refusals import (
@@ -112,6 +113,8 @@ def spec_from_request(request: dream_pb2.DreamRequest) -> DreamSpec:
         octaves_above=request.octaves_above or None,
         return_largest=request.return_largest,
         repeat=request.repeat or None,
+        tile_size=request.tile_size or None,
+        tile_overlap=request.tile_overlap if request.HasField("tile_overlap") else None,
     )
 
 
@@ -145,6 +148,7 @@ def progress_message(step: Step) -> dream_pb2.DreamResponse:
             elapsed_seconds=step.elapsed,
             done=step.done,
             round=step.round,
+            tiles=step.tiles,
         )
     )
 
@@ -373,8 +377,9 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
                     ],
                     default_layers=model.manifest.default_layers,
                     min_size=model.manifest.min_size,
-                    max_size=model.manifest.max_size,
+                    max_size=MAX_TILED_SIDE,
                     supports_guide=all(layer.guide_graph for layer in model.manifest.layers),
+                    max_untiled_size=self._engine.untiled_limit(model),
                 )
                 for model in models
             ],

@@ -105,6 +105,12 @@ def repository(lite0_dir: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
+def bvlc_repository(googlenet_bvlc_dir: Path) -> Any:
+    """The models directory holding googlenet-bvlc (and whatever else the session exported), on the CPU."""
+    return loaded_repository(googlenet_bvlc_dir.parent)
+
+
+@pytest.fixture(scope="session")
 def engine(repository: Any) -> Any:
     from dreamstream.server.engine import DreamEngine
 
@@ -150,6 +156,12 @@ def start_server() -> Iterator[Callable[..., ServerThread]]:
     yield start
     for thread in started:
         thread.stop()
+
+
+@pytest.fixture(scope="session")
+def bvlc_server(start_server: Callable[..., ServerThread], bvlc_repository: Any) -> ServerThread:
+    """A server of the googlenet-bvlc repository: one dream at a time, four more may wait."""
+    return start_server(bvlc_repository, max_concurrent=1, max_queue=4)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import loaded_repository, shared_image
+from conftest import shared_image
 from PIL import Image
 
 from dreamstream.cli import main
@@ -31,16 +31,6 @@ DREAM = {"model": "googlenet-bvlc", "layers": {LAYER: 1.0}, "max_size": 256, "oc
 SEED = 3
 CLI_DREAM = ["--model", "googlenet-bvlc", "--layers", f"{LAYER}:1", "--max-size", "256", "--octaves", "2"]
 CLI_DREAM += ["--steps", "6", "--seed", str(SEED), "-q"]
-
-
-@pytest.fixture(scope="session")
-def bvlc_repository(googlenet_bvlc_dir: Path) -> ModelRepository:
-    return loaded_repository(googlenet_bvlc_dir.parent)
-
-
-@pytest.fixture(scope="session")
-def bvlc_server(start_server: Callable[..., Any], bvlc_repository: ModelRepository) -> Any:
-    return start_server(bvlc_repository, max_concurrent=1, max_queue=4)
 
 
 @pytest.fixture(scope="session")

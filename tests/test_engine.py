@@ -213,9 +213,9 @@ def test_bad_parameters_are_refused_with_what_to_change(
         engine.plan(DreamSpec(pixels=picture(coffee), model=DEFAULT_MODEL, **params))
 
 
-def test_a_picture_above_the_models_max_size_is_refused(engine: DreamEngine) -> None:
+def test_a_picture_above_the_largest_tiled_side_is_refused(engine: DreamEngine) -> None:
     with pytest.raises(InvalidRequest, match="too many pixels.*lower max_size"):
-        engine.plan(DreamSpec(noise_size=(64, 5000)))
+        engine.plan(DreamSpec(noise_size=(64, 9000)))
 
 
 def test_an_unknown_model_is_refused_with_the_known_ones(engine: DreamEngine) -> None:

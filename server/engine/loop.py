@@ -37,7 +37,8 @@ from dreamstream.server.engine.octaves import resize
 from dreamstream.server.engine.plan import DreamPlan, plan_dream
 from dreamstream.server.engine.request import DreamSpec
 from dreamstream.server.engine.steppers import BoundSteps, GradientSteps, HostSteps, Stepper, step_constants
-from dreamstream.server.models import ModelRepository
+from dreamstream.server.engine.tiling import TiledSteps, untiled_limit
+from dreamstream.server.models import Model, ModelRepository
 from dreamstream.server.refusals import TimeLimit
 
 _UINT64 = 2**64 - 1
@@ -59,6 +60,7 @@ class Step:
     elapsed: float  # seconds since the dream started
     done: float  # fraction of the dream's work done, steps weighted by their octave's pixels
     round: int = 1  # with repeat: which round, from 1
+    tiles: int = 1  # the tiles this step's gradient was computed in (see `tiling`)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,10 @@ class DreamEngine:
     def plan(self, spec: DreamSpec) -> DreamPlan:
         """Check `spec` (see `plan_dream`): cheap, opens no session, decodes no pixel."""
         return plan_dream(spec, self.models, self.limits)
+
+    def untiled_limit(self, model: Model) -> int:
+        """The longest side of a square picture `model` dreams in one piece here; larger ones are tiled."""
+        return untiled_limit(model.manifest, self.limits)
 
     def run(self, plan: DreamPlan, cancel: threading.Event | None = None) -> Iterator[DreamEvent]:
         """Dream `plan`, yielding a Step after every step and an Octave after every octave.
@@ -146,6 +152,7 @@ class DreamEngine:
                 weights = self._ranked_weights(plan, image)
             stepper = self._stepper(plan, weights, guide)
             stepper.start(image)
+            tiles = plan.tiling.count(height, width) if plan.tiling else 1
             for step in range(1, params.steps_per_octave + 1):
                 if cancel is not None and cancel.is_set():
                     raise DreamCancelled(f"cancelled at octave {octave}, step {step}")
@@ -166,9 +173,10 @@ class DreamEngine:
                     elapsed=clock.elapsed,
                     done=clock.done,
                     round=round_number,
+                    tiles=tiles,
                 )
             image = stepper.result()
-            detail = image - base
+            detail = image - base if octave < octaves else None
             if octave == octaves:  # the round's result, at the result's size
                 image = resize(image, *plan.size)
             if params.original_colors:
@@ -206,12 +214,16 @@ class DreamEngine:
 
     def _stepper(self, plan: DreamPlan, channel_weights: np.ndarray, guide: np.ndarray | None) -> Stepper:
         params = plan.params
-        if plan.gradient_graph is not None:
+        if plan.gradient_graph is not None or plan.tiling is not None:
             feeds = {LAYER_WEIGHTS: plan.layer_weights, CHANNEL_WEIGHTS: channel_weights}
             if guide is not None:
                 feeds[GUIDE] = guide
+            session = plan.model.session(plan.gradient_graph or plan.model.graph_for(params.layers))
             direction = functools.partial(ascent_direction, lap_levels=params.lap_levels, tv_weight=params.tv_weight)
-            return GradientSteps(plan.model.session(plan.gradient_graph), feeds, params.step_size, direction)
+            if plan.tiling is not None:
+                reshaped = params.lap_levels or params.tv_weight
+                return TiledSteps(session, feeds, params.step_size, plan.tiling, direction if reshaped else None)
+            return GradientSteps(session, feeds, params.step_size, direction)
         session: ort.InferenceSession = plan.model.session(plan.step_graph)
         device = plan.model.device.kind
         keep = self._keep_on_device if self._keep_on_device is not None else device == "cuda"

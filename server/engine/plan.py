@@ -22,6 +22,7 @@ from dreamstream.server.engine.limits import DEFAULT_LIMITS, Limits, decode_memo
 from dreamstream.server.engine.objectives import ChannelSelection, Guide, channel_weights, plan_channels, plan_guide
 from dreamstream.server.engine.octaves import octave_sizes
 from dreamstream.server.engine.request import DEFAULT_MAX_SIZE, DreamParams, DreamSpec, resolve_params
+from dreamstream.server.engine.tiling import MAX_TILED_SIDE, Tiling, plan_tiling, tiled_memory
 from dreamstream.server.models import Model, ModelRepository
 from dreamstream.server.refusals import InvalidRequest, TooCostly, did_you_mean, shown
 from dreamstream.wire import ImageFormat
@@ -76,6 +77,7 @@ class DreamPlan:
     # The gradient graph that runs instead of the step graph when a control reshapes the
     # gradient (guide, lap_levels, tv_weight); None: the fused step graph, the fast path.
     gradient_graph: str | None = None
+    tiling: Tiling | None = None  # None: each step runs on the whole picture
     memory: int = 0  # bytes the dream is expected to take at most (see `dream_memory`)
 
     @property
@@ -104,10 +106,10 @@ def plan_dream(spec: DreamSpec, models: ModelRepository, limits: Limits = DEFAUL
     start = _start(spec, model, limits)
     height, width = start.size
     sizes = octave_sizes(height, width, params.octaves, params.octave_scale, manifest.min_size, params.octaves_above)
-    if max(sizes[-1]) > manifest.max_size:
+    if max(sizes[-1]) > MAX_TILED_SIDE:
         raise InvalidRequest(
             f"{params.octaves_above} octave(s) above the picture reach {sizes[-1][1]}x{sizes[-1][0]} px, "
-            f"more than model {manifest.name}'s {manifest.max_size} px per side: lower octaves_above or max_size",
+            f"more than the {MAX_TILED_SIDE} px per side a dream may have: lower octaves_above or max_size",
             reason="IMAGE_TOO_LARGE",
             field="octaves_above",
         )
@@ -126,6 +128,14 @@ def plan_dream(spec: DreamSpec, models: ModelRepository, limits: Limits = DEFAUL
         channels=channels,
         guide=guide,
         gradient_graph=guide.graph if guide else model.graph_for(params.layers) if reshaped else None,
+        tiling=plan_tiling(
+            manifest,
+            sizes[-1],
+            spec.tile_size,
+            spec.tile_overlap,
+            limits,
+            stride=model.serving_layer(params.layers)[0].stride,
+        ),
     )
     plan = dataclasses.replace(plan, memory=dream_memory(plan, limits))
     _check_costs(plan, limits)
@@ -136,6 +146,8 @@ def dream_memory(plan: DreamPlan, limits: Limits) -> int:
     """Bytes the dream is expected to take at most: decoding its picture, or its largest step
     (octaves above the picture are larger than the picture)."""
     largest = max(height * width for height, width in plan.sizes)
+    if plan.tiling is not None:
+        return max(decode_memory(plan.start.input_pixels), tiled_memory(plan.tiling, largest, limits))
     return max(decode_memory(plan.start.input_pixels), step_memory(largest, limits.step_bytes_per_pixel))
 
 
@@ -222,10 +234,10 @@ def _start(spec: DreamSpec, model: Model, limits: Limits) -> Start:
             reason="IMAGE_TOO_SMALL",
             field="image",
         )
-    if max(height, width) > manifest.max_size:
+    if max(height, width) > MAX_TILED_SIDE:
         raise InvalidRequest(
-            f"the picture is {width}x{height} px, too many pixels for model {manifest.name}, "
-            f"which dreams at most {manifest.max_size} px per side: lower max_size",
+            f"the picture is {width}x{height} px, too many pixels: a dream has at most {MAX_TILED_SIDE} px "
+            f"per side (model {manifest.name} is tiled above {manifest.max_size}): lower max_size",
             reason="IMAGE_TOO_LARGE",
             field="max_size",
         )
@@ -233,15 +245,15 @@ def _start(spec: DreamSpec, model: Model, limits: Limits) -> Start:
 
 
 def _max_size(spec: DreamSpec, model: Model) -> int:
-    """The longer side an encoded picture is scaled down to."""
-    limit = model.manifest.max_size
+    """The longer side an encoded picture is scaled down to; above the model's max_size it is tiled."""
+    limit = MAX_TILED_SIDE
     if not spec.max_size:  # None or the proto's 0: the default
-        return min(DEFAULT_MAX_SIZE, limit)
+        return min(DEFAULT_MAX_SIZE, model.manifest.max_size)
     if spec.max_size < 0:
         raise InvalidRequest(f"max_size {spec.max_size} is negative: use 0 for the default", field="max_size")
     if spec.max_size > limit:
         raise InvalidRequest(
-            f"max_size {spec.max_size} is above model {model.name}'s limit of {limit} px: use at most {limit}",
+            f"max_size {spec.max_size} is above the {limit} px a dream may have (in tiles): use at most {limit}",
             reason="OUT_OF_RANGE",
             field="max_size",
         )

@@ -79,6 +79,9 @@ class DreamSpec:
     octaves_above: int | None = None
     return_largest: bool = False
     repeat: int | None = None
+    # Tiling: None (or 0) lets the server tile pictures too large for its memory by itself.
+    tile_size: int | None = None
+    tile_overlap: int | None = None
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class ChannelList(_message.Message):
     def __init__(self, channels: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DreamRequest(_message.Message):
-    __slots__ = ("image", "model", "layers", "octaves", "octave_scale", "steps_per_octave", "step_size", "jitter", "seed", "max_size", "width", "height", "format", "guide", "channels", "channel_mode", "channel_count", "rank_channels_per_octave", "original_colors", "lap_levels", "tv_weight", "octaves_above", "return_largest", "repeat")
+    __slots__ = ("image", "model", "layers", "octaves", "octave_scale", "steps_per_octave", "step_size", "jitter", "seed", "max_size", "width", "height", "format", "guide", "channels", "channel_mode", "channel_count", "rank_channels_per_octave", "original_colors", "lap_levels", "tv_weight", "octaves_above", "return_largest", "repeat", "tile_size", "tile_overlap")
     class LayersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,8 @@ class DreamRequest(_message.Message):
     OCTAVES_ABOVE_FIELD_NUMBER: _ClassVar[int]
     RETURN_LARGEST_FIELD_NUMBER: _ClassVar[int]
     REPEAT_FIELD_NUMBER: _ClassVar[int]
+    TILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TILE_OVERLAP_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     model: str
     layers: _containers.ScalarMap[str, float]
@@ -110,10 +112,12 @@ class DreamRequest(_message.Message):
     octaves_above: int
     return_largest: bool
     repeat: int
-    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., layers: _Optional[_Mapping[str, float]] = ..., octaves: _Optional[int] = ..., octave_scale: _Optional[float] = ..., steps_per_octave: _Optional[int] = ..., step_size: _Optional[float] = ..., jitter: _Optional[int] = ..., seed: _Optional[int] = ..., max_size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., guide: _Optional[bytes] = ..., channels: _Optional[_Mapping[str, ChannelList]] = ..., channel_mode: _Optional[_Union[ChannelMode, str]] = ..., channel_count: _Optional[int] = ..., rank_channels_per_octave: _Optional[bool] = ..., original_colors: _Optional[bool] = ..., lap_levels: _Optional[int] = ..., tv_weight: _Optional[float] = ..., octaves_above: _Optional[int] = ..., return_largest: _Optional[bool] = ..., repeat: _Optional[int] = ...) -> None: ...
+    tile_size: int
+    tile_overlap: int
+    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., layers: _Optional[_Mapping[str, float]] = ..., octaves: _Optional[int] = ..., octave_scale: _Optional[float] = ..., steps_per_octave: _Optional[int] = ..., step_size: _Optional[float] = ..., jitter: _Optional[int] = ..., seed: _Optional[int] = ..., max_size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., guide: _Optional[bytes] = ..., channels: _Optional[_Mapping[str, ChannelList]] = ..., channel_mode: _Optional[_Union[ChannelMode, str]] = ..., channel_count: _Optional[int] = ..., rank_channels_per_octave: _Optional[bool] = ..., original_colors: _Optional[bool] = ..., lap_levels: _Optional[int] = ..., tv_weight: _Optional[float] = ..., octaves_above: _Optional[int] = ..., return_largest: _Optional[bool] = ..., repeat: _Optional[int] = ..., tile_size: _Optional[int] = ..., tile_overlap: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("octave", "octaves", "step", "steps_per_octave", "loss", "elapsed_seconds", "done", "round")
+    __slots__ = ("octave", "octaves", "step", "steps_per_octave", "loss", "elapsed_seconds", "done", "round", "tiles")
     OCTAVE_FIELD_NUMBER: _ClassVar[int]
     OCTAVES_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +126,7 @@ class Progress(_message.Message):
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    TILES_FIELD_NUMBER: _ClassVar[int]
     octave: int
     octaves: int
     step: int
@@ -130,7 +135,8 @@ class Progress(_message.Message):
     elapsed_seconds: float
     done: float
     round: int
-    def __init__(self, octave: _Optional[int] = ..., octaves: _Optional[int] = ..., step: _Optional[int] = ..., steps_per_octave: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., done: _Optional[float] = ..., round: _Optional[int] = ...) -> None: ...
+    tiles: int
+    def __init__(self, octave: _Optional[int] = ..., octaves: _Optional[int] = ..., step: _Optional[int] = ..., steps_per_octave: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., done: _Optional[float] = ..., round: _Optional[int] = ..., tiles: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("octave", "octaves", "width", "height", "image", "format", "final", "round")
@@ -218,7 +224,7 @@ class Layer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., channels: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "backbone", "layers", "default_layers", "min_size", "max_size", "supports_guide")
+    __slots__ = ("name", "backbone", "layers", "default_layers", "min_size", "max_size", "supports_guide", "max_untiled_size")
     class DefaultLayersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +239,7 @@ class Model(_message.Message):
     MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_GUIDE_FIELD_NUMBER: _ClassVar[int]
+    MAX_UNTILED_SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     backbone: str
     layers: _containers.RepeatedCompositeFieldContainer[Layer]
@@ -240,7 +247,8 @@ class Model(_message.Message):
     min_size: int
     max_size: int
     supports_guide: bool
-    def __init__(self, name: _Optional[str] = ..., backbone: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., default_layers: _Optional[_Mapping[str, float]] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., supports_guide: _Optional[bool] = ...) -> None: ...
+    max_untiled_size: int
+    def __init__(self, name: _Optional[str] = ..., backbone: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., default_layers: _Optional[_Mapping[str, float]] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., supports_guide: _Optional[bool] = ..., max_untiled_size: _Optional[int] = ...) -> None: ...
 
 class UnavailableModel(_message.Message):
     __slots__ = ("name", "problem")
