@@ -11,10 +11,12 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dreamstream.cli import main
@@ -28,6 +30,7 @@ from dreamstream.server.engine.tiling import MAX_TILED_SIDE, TiledSteps, Tiling
 from dreamstream.server.refusals import InvalidRequest as Refused
 
 REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-c", "import sys; from dreamstream.cli import main; sys.exit(main())"]
 # The 8192 px measurement takes minutes and several GB: run it by hand (see the README).
 HUGE = os.environ.get("DREAMSTREAM_TILING_8192") == "1"
 
@@ -230,6 +233,48 @@ def test_models_say_above_which_size_they_are_tiled(client: DreamClient) -> None
     assert lite0.min_size < lite0.max_untiled_size < MAX_TILED_SIDE
 
 
+class FixedSizeNet(torch.nn.Module):
+    """A channel shuffle whose reshape a static export freezes at the traced size (48 px)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        n, c, h, w = y.shape
+        return y.reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def test_a_model_of_one_input_size_dreams_any_picture_in_tiles_of_that_size(tmp_path: Path, coffee: Path) -> None:
+    from dreamstream.export.api import OnnxOptions, export_model
+    from dreamstream.server.models import ModelRepository
+
+    path = tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            FixedSizeNet().eval(), torch.zeros(1, 3, 48, 48), str(path), opset_version=17, dynamo=False,
+            input_names=["input"], output_names=["shuffled"],
+        )  # fmt: skip
+    export_model("onnx", tmp_path / "models", name="fixed", onnx_options=OnnxOptions(path, ["shuffled"]))
+    repository = ModelRepository(tmp_path / "models", device="cpu")
+    repository.load()
+    engine = DreamEngine(repository)
+    assert engine.untiled_limit(repository.get("fixed")) == 0
+    image = picture(coffee, 100)  # 100x66: wider than one tile, and taller
+    plan = engine.plan(DreamSpec(pixels=image, model="fixed", octaves=2, steps_per_octave=2, octave_scale=1.2))
+    assert plan.tiling == Tiling(48, 3, fixed=True, align=2)
+    events = list(engine.run(plan))
+    final = [event for event in events if isinstance(event, Octave)][-1].image
+    assert final.shape == image.shape
+    assert np.abs(final - image).mean() > 1e-3
+    assert [event.tiles for event in events if isinstance(event, Step)][-1] == plan.tiling.count(*image.shape[:2])
+    with pytest.raises(Refused, match="runs on 48 px squares only: set tile_size to 48 or 0"):
+        engine.plan(DreamSpec(pixels=image, model="fixed", tile_size=64))
+
+
 @pytest.mark.parametrize(
     "side", [4096, pytest.param(8192, marks=pytest.mark.skipif(not HUGE, reason="set DREAMSTREAM_TILING_8192=1"))]
 )
@@ -246,12 +291,12 @@ def test_a_huge_dream_comes_back_whole_and_the_servers_memory_follows_the_tile(
     log = tmp_path / "server.log"
     with open(log, "w") as log_file:
         server = subprocess.Popen(
-            [sys.executable, "-m", "dreamstream.cli", "serve", "--models", str(models), "--host", "127.0.0.1",
+            [*CLI, "serve", "--models", str(models), "--host", "127.0.0.1",
              "--port", "0", "--device", "cpu"],
             stderr=log_file,
         )  # fmt: skip
     try:
-        port = wait_for_port(log)
+        port = wait_for_port(log, server)
         out = tmp_path / "dream.jpg"
         began = time.perf_counter()
         code = main(["dream", str(huge), "-o", str(out), "--server", f"127.0.0.1:{port}", "--quiet",
@@ -268,15 +313,15 @@ def test_a_huge_dream_comes_back_whole_and_the_servers_memory_follows_the_tile(
         assert peak < 2 * 1024**3
 
 
-def wait_for_port(log: Path, timeout: float = 120) -> str:
+def wait_for_port(log: Path, server: subprocess.Popen, timeout: float = 300) -> str:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and server.poll() is None:
         text = log.read_text()
         port = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
         if port and "serving" in text:
             return port.group(1)
         time.sleep(0.2)
-    raise AssertionError(f"the server never became ready: {log.read_text()[-2000:]}")
+    raise AssertionError(f"the server never became ready (exit status {server.poll()}): {log.read_text()[-2000:]}")
 
 
 def peak_memory(pid: int) -> int:
