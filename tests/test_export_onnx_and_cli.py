@@ -230,3 +230,38 @@ def test_cli_exports_an_onnx_file_with_automatic_layers(tiny_onnx, tmp_path):
 def test_cli_layers_needs_a_model_or_an_onnx_file():
     result = _cli("layers")
     assert result.returncode == 2 and "--onnx FILE" in result.stderr and "Traceback" not in result.stderr
+
+
+class ChannelsLast(nn.Module):
+    """The tiny classifier behind an NHWC input, as TensorFlow's converters write networks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyClassifier()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.features(x.permute(0, 3, 1, 2))
+
+
+def test_user_onnx_with_an_nhwc_input_exports_with_the_gradient_of_torch(tmp_path):
+    path = tmp_path / "nhwc.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            ChannelsLast().eval(), torch.zeros(1, 64, 64, 3), str(path), opset_version=13, dynamo=False,
+            input_names=["input"], output_names=["body", "head"], dynamic_axes={"input": {0: "N", 1: "H", 2: "W"}},
+        )  # fmt: skip
+    model_dir = export_model(
+        "onnx", tmp_path, name="nhwc", onnx_options=OnnxOptions(path=path, layers=["body", "head"])
+    )
+    manifest = read_manifest(model_dir)
+    assert [(layer.channels, layer.stride) for layer in manifest.layers] == [(8, 4), (16, 8)]
+    image = np.random.default_rng(1).uniform(0, 1, (1, 3, 40, 52)).astype(np.float32)
+    session = ort.InferenceSession(str(model_dir / manifest.layers[-1].graph), providers=["CPUExecutionProvider"])
+    feeds = {"image": image, "layer_weights": np.ones(2, np.float32), "channel_weights": np.ones(24, np.float32)}
+    _, grad, _ = session.run(None, feeds)
+
+    x = torch.from_numpy(image).double().requires_grad_(True)
+    body, head = TinyClassifier().eval().double().features(x)
+    ((body**2).mean((1, 2, 3)) + (head**2).mean((1, 2, 3))).sum().backward()
+    assert np.abs(grad - x.grad.numpy()).max() / np.abs(x.grad.numpy()).max() <= 1e-4

@@ -26,6 +26,8 @@ from dreamstream.modeldir import Preprocessing
 PROBE_SIZE = 224
 # Every tensor of the user's graph is renamed into this namespace (see _namespaced).
 _NAMESPACE = "net/"
+# The NCHW input of a network that takes NHWC, outside that namespace.
+_NCHW_INPUT = "layout/nchw"
 
 
 class OnnxBackboneError(ValueError):
@@ -170,13 +172,23 @@ def _read_model(path: Path) -> onnx.ModelProto:
 
 
 def _forward(graph: onnx.GraphProto, image_input: str, outputs: list[str]) -> onnx.ModelProto:
-    """The user's graph in its own namespace, from its image input to the tensors `outputs` names."""
+    """The user's graph in its own namespace, from its image input to the tensors `outputs` names.
+
+    The forward always takes NCHW: a network that takes NHWC (TensorFlow's converters write
+    those) gets a Transpose in front of it.
+    """
+    channels_last = _channels_last(graph)
     graph = _namespaced(graph)
+    nodes = list(graph.node)
+    source = _NAMESPACE + image_input
+    if channels_last:
+        nodes.insert(0, onnx.helper.make_node("Transpose", [_NCHW_INPUT], [source], name="to_nhwc", perm=[0, 2, 3, 1]))
+        source = _NCHW_INPUT
     forward = onnx.helper.make_model(
         onnx.helper.make_graph(
-            list(graph.node),
+            nodes,
             graph.name or "user",
-            [tensor_info(_NAMESPACE + image_input, TensorProto.FLOAT, ["N", 3, "H", "W"])],
+            [tensor_info(source, TensorProto.FLOAT, ["N", 3, "H", "W"])],
             [tensor_info(_NAMESPACE + name, TensorProto.FLOAT, None) for name in outputs],
             list(graph.initializer),
         ),
@@ -193,9 +205,21 @@ def _image_input(graph: onnx.GraphProto, path: Path) -> str:
         names = ", ".join(value.name for value in inputs)
         raise OnnxBackboneError(f"{path.name} must have one image input, it has {len(inputs)}: {names}")
     dims = inputs[0].type.tensor_type.shape.dim
-    if len(dims) != 4 or (dims[1].HasField("dim_value") and dims[1].dim_value != 3):
-        raise OnnxBackboneError(f"{path.name}: the input {inputs[0].name!r} must be [N,3,H,W]")
+    if len(dims) != 4 or (dims[1].HasField("dim_value") and dims[1].dim_value != 3 and not _channels_last(graph)):
+        raise OnnxBackboneError(f"{path.name}: the input {inputs[0].name!r} must be [N,3,H,W] or [N,H,W,3]")
     return inputs[0].name
+
+
+def _image_dims(graph: onnx.GraphProto) -> list[int | None]:
+    initializers = {init.name for init in graph.initializer}
+    image = next(value for value in graph.input if value.name not in initializers)
+    return [dim.dim_value if dim.HasField("dim_value") else None for dim in image.type.tensor_type.shape.dim]
+
+
+def _channels_last(graph: onnx.GraphProto) -> bool:
+    """The input is [N,H,W,3] rather than [N,3,H,W]."""
+    dims = _image_dims(graph)
+    return len(dims) == 4 and dims[3] == 3 and dims[1] != 3
 
 
 def _namespaced(graph: onnx.GraphProto) -> onnx.GraphProto:
@@ -216,10 +240,8 @@ def _namespaced(graph: onnx.GraphProto) -> onnx.GraphProto:
 
 def declared_size(graph: onnx.GraphProto) -> int | None:
     """The image side the file declares for its input, when it declares a square one."""
-    initializers = {init.name for init in graph.initializer}
-    image = next(value for value in graph.input if value.name not in initializers)
-    dims = image.type.tensor_type.shape.dim
-    height, width = (dim.dim_value if dim.HasField("dim_value") else None for dim in dims[2:4])
+    dims = _image_dims(graph)
+    height, width = dims[1:3] if _channels_last(graph) else dims[2:4]
     return height if height and height == width else None
 
 
