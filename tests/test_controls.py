@@ -26,7 +26,7 @@ from dreamstream.modeldir import MANIFEST_FILE
 from dreamstream.server.engine import DreamSpec, Octave
 from dreamstream.server.engine.colours import keep_original_colours, to_ycbcr
 from dreamstream.server.engine.normalise import lap_normalise, tv_gradient
-from dreamstream.server.engine.objectives import ranked_channels
+from dreamstream.server.engine.objectives import Guide, ranked_channels
 from dreamstream.server.engine.octaves import octave_sizes
 from dreamstream.server.engine.request import ChannelMode
 from dreamstream.server.models import ModelRepository
@@ -92,6 +92,12 @@ def test_channel_modes_take_the_strongest_weakest_or_middle_channels() -> None:
     assert set(ranked_channels(means, ChannelMode.WEAKEST, 2)) == {1, 3}
     assert set(ranked_channels(means, ChannelMode.AVERAGE, 1)) == {2}
     assert len(ranked_channels(means, ChannelMode.STRONGEST, 99)) == 5
+
+
+def test_a_guide_for_a_fixed_size_model_is_resized_to_that_size(coffee: Path) -> None:
+    guide = Guide(coffee.read_bytes(), max_size=96, graph="g.onnx", fixed_size=64)
+    assert guide.pixels().shape == (1, 3, 64, 64)
+    assert Guide(coffee.read_bytes(), max_size=96, graph="g.onnx").pixels().shape == (1, 3, 64, 96)
 
 
 def test_octaves_above_go_past_the_pictures_size() -> None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from dreamstream.modeldir import Manifest
 from dreamstream.server import imaging
+from dreamstream.server.engine.octaves import resize
 from dreamstream.server.engine.request import DEFAULT_CHANNEL_COUNT, ChannelMode, DreamSpec
 from dreamstream.server.models import Model
 from dreamstream.server.refusals import InvalidRequest
@@ -125,11 +126,14 @@ class Guide:
     max_size: int  # the guide's longer side is scaled down to this
     graph: str
     max_pixels: int = imaging.MAX_INPUT_PIXELS  # the most it may decode to before scaling
+    fixed_size: int = 0  # > 0: the model runs only on squares of this side; the guide is resized to one
 
     def pixels(self) -> np.ndarray:
         """The guide as the guide graph takes it: 1x3xhxw float32 RGB in [0, 1]."""
-        picture = imaging.decode(self.data, self.max_size, self.max_pixels)
-        return np.ascontiguousarray(picture.transpose(2, 0, 1)[None], np.float32)
+        picture = imaging.decode(self.data, self.max_size, self.max_pixels).transpose(2, 0, 1)
+        if self.fixed_size:
+            picture = resize(np.ascontiguousarray(picture), self.fixed_size, self.fixed_size)
+        return np.ascontiguousarray(picture[None], np.float32)
 
 
 def plan_guide(
@@ -162,11 +166,11 @@ def plan_guide(
     # Scaled down until the guide's activation has about GUIDE_POSITIONS_PER_SIDE positions
     # a side, never below the smallest picture the model takes.
     max_size = max(manifest.min_size, layer.stride * GUIDE_POSITIONS_PER_SIDE)
-    if min(imaging.fit(header.width, header.height, max_size)) < manifest.min_size:
+    if not manifest.fixed_size and min(imaging.fit(header.width, header.height, max_size)) < manifest.min_size:
         raise InvalidRequest(
             f"the guide is {header.width}x{header.height} px: model {manifest.name} needs a guide of at least "
             f"{manifest.min_size} px on each side once its longer side is at most {max_size} px",
             reason="IMAGE_TOO_SMALL",
             field="guide",
         )
-    return Guide(spec.guide, max_size, layer.guide_graph, max_pixels)
+    return Guide(spec.guide, max_size, layer.guide_graph, max_pixels, manifest.fixed_size)
