@@ -48,6 +48,7 @@ from dreamstream.server.refusals import (
 )
 from dreamstream.server.request_ids import request_id_of
 from dreamstream.server.running import RunningDreams
+from dreamstream.server.telemetry import DreamRecord, Telemetry
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
 from dreamstream.wire import REQUEST_ID_METADATA, UnknownFormat, format_of_enum
 
@@ -328,8 +329,10 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
         max_concurrent: int = 1,
         max_queue: int = 4,
         reader_timeout: float = READER_TIMEOUT,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._engine = engine
+        self._telemetry = telemetry or Telemetry()
         self._running = RunningDreams()
         self._admission = Admission(
             max_concurrent, max_queue, engine.limits.memory_budget, self._running.seconds_until_one_ends
@@ -390,17 +393,25 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
         )
 
     async def Dream(self, request: dream_pb2.DreamRequest, context: grpc.aio.ServicerContext) -> None:
-        request_id = _call_request_id(context)
+        record = DreamRecord(_call_request_id(context))
         try:
             if not self._engine.models.loaded:
                 raise NotReady("the server is still loading its models; retry in a moment")
             plan = self._engine.plan(spec_from_request(request))
+            record.planned(plan.model.name, plan.size, len(plan.sizes), plan.params.steps_per_octave)
             # aclosing: a failed write stops the worker now, not when the generator is collected.
-            async with contextlib.aclosing(self._stream(plan, request_id)) as responses:
+            async with contextlib.aclosing(self._stream(plan, record)) as responses:
                 async for response in responses:
                     await self._send(context, response)
+        except asyncio.CancelledError:  # the caller left, or its deadline passed
+            self._telemetry.ended(record, grpc.StatusCode.CANCELLED.name)
+            raise
         except Exception as error:
-            await _abort(context, error, request_id)
+            # Recorded before the caller hears of it, as a finished dream is.
+            self._telemetry.ended(record, status_of(error).name)
+            await _abort(context, error, record.request_id)
+        else:
+            self._telemetry.ended(record, grpc.StatusCode.OK.name)
 
     async def _send(self, context: grpc.aio.ServicerContext, response: dream_pb2.DreamResponse) -> None:
         """Write one message; a reader that takes nothing for `reader_timeout` seconds ends the dream."""
@@ -411,14 +422,16 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
                 f"the client read nothing for {self._reader_timeout:g} s; the dream was stopped to free its slot"
             ) from None
 
-    async def _stream(self, plan: DreamPlan, request_id: str) -> AsyncIterator[dream_pb2.DreamResponse]:
+    async def _stream(self, plan: DreamPlan, record: DreamRecord) -> AsyncIterator[dream_pb2.DreamResponse]:
         """Run `plan` in a worker thread and turn its events into responses, in order: the
         DreamStarted first, once the dream has its slot.
 
         The worker hands over at most STREAM_BUFFER events the stream has not sent yet;
         beyond that it waits (a slow reader slows the ascent instead of filling memory).
         """
+        self._telemetry.queued(record)
         await self._admission.acquire(plan.memory)
+        self._telemetry.admitted(record)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[object] = asyncio.Queue()
         room = threading.Semaphore(STREAM_BUFFER)
@@ -479,16 +492,18 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
         worker.add_done_callback(finished)
         running = self._running.started()
         try:
-            yield started_message(plan, request_id)
+            yield started_message(plan, record.request_id)
             while (item := await events.get()) is not _DONE:
                 if isinstance(item, Exception):
                     raise item
                 if isinstance(item, Step):
                     self._running.stepped(running, item)
+                    self._telemetry.stepped(record)
                     yield progress_message(item)
                 else:
                     octave, encoded = item
                     data = await asyncio.wrap_future(encoded)
+                    self._telemetry.framed(record)
                     yield frame_message(octave, data, plan)
                 room.release()
         finally:
