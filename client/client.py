@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from dreamstream.client.animation import AnimationCalls, AsyncAnimationCalls
+from dreamstream.client.balancing import CLIENT_CHANNEL_OPTIONS
 from dreamstream.client.connection import Connection
 from dreamstream.client.errors import from_rpc_error
 from dreamstream.client.events import (
@@ -186,9 +187,9 @@ class DreamClient(AnimationCalls):
         settings = Connection(**connection)
         self._auth = settings.metadata()
         if settings.uses_tls:
-            self._channel = grpc.secure_channel(target, settings.credentials(), options=CHANNEL_OPTIONS)
+            self._channel = grpc.secure_channel(target, settings.credentials(), options=CLIENT_CHANNEL_OPTIONS)
         else:
-            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._channel = grpc.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
         self._stub = dream_pb2_grpc.DreamServiceStub(self._channel)
 
     def dream(
@@ -268,9 +269,9 @@ class AsyncDreamClient(AsyncAnimationCalls):
         settings = Connection(**connection)
         self._auth = settings.metadata()
         if settings.uses_tls:
-            self._channel = grpc.aio.secure_channel(target, settings.credentials(), options=CHANNEL_OPTIONS)
+            self._channel = grpc.aio.secure_channel(target, settings.credentials(), options=CLIENT_CHANNEL_OPTIONS)
         else:
-            self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._channel = grpc.aio.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
         self._stub = dream_pb2_grpc.DreamServiceStub(self._channel)
 
     def dream(

@@ -9,10 +9,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dreamstream.server.connections import ConnectionPolicy
 from dreamstream.server.engine import DreamEngine
 from dreamstream.server.models import ModelRepository
 from dreamstream.server.security import TlsFiles, TokenAuth
 from dreamstream.server.service import READER_TIMEOUT, DreamService
+from dreamstream.server.telemetry import Telemetry
+from dreamstream.server.warmup import warm_up
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
 from dreamstream.wire import CHANNEL_OPTIONS
 
@@ -33,8 +36,9 @@ def model_health_name(model: str) -> str:
 class DreamServer:
     """The dreamstream server over a model repository.
 
-    `start()` opens the port with health NOT_SERVING; `load()` loads the models
-    and turns health SERVING, so load balancers send no dream before it can run.
+    `start()` opens the port with health NOT_SERVING; `load()` loads the models (and with
+    `warm_start`, runs one tiny dream on each) and turns health SERVING, so load balancers
+    send no dream before it can run at full speed.
     `drain()` turns health NOT_SERVING again while the port stays open, refuses new
     dreams, and lets the running ones finish.
     """
@@ -50,6 +54,9 @@ class DreamServer:
         tokens: tuple[bytes, ...] = (),
         reflection: bool = True,
         reader_timeout: float = READER_TIMEOUT,
+        telemetry: Telemetry | None = None,
+        connections: ConnectionPolicy | None = None,
+        warm_start: bool = False,
     ) -> None:
         self.models = models
         self.engine = engine or DreamEngine(models)
@@ -57,8 +64,14 @@ class DreamServer:
         self._tls = tls
         self._tokens = tokens
         self._reflection = reflection
+        self._connections = connections or ConnectionPolicy()
+        self._warm_start = warm_start
         self._service = DreamService(
-            self.engine, max_concurrent=max_concurrent, max_queue=max_queue, reader_timeout=reader_timeout
+            self.engine,
+            max_concurrent=max_concurrent,
+            max_queue=max_queue,
+            reader_timeout=reader_timeout,
+            telemetry=telemetry,
         )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -68,7 +81,8 @@ class DreamServer:
         # Created here rather than in __init__: a grpc.aio server belongs to the event
         # loop it is created in, which must be the one that runs it.
         interceptors = [TokenAuth(self._tokens)] if self._tokens else []
-        self._server = grpc.aio.server(options=list(CHANNEL_OPTIONS), interceptors=interceptors)
+        options = [*CHANNEL_OPTIONS, *self._connections.grpc_options()]
+        self._server = grpc.aio.server(options=options, interceptors=interceptors)
         dream_pb2_grpc.add_DreamServiceServicer_to_server(self._service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if self._reflection:
@@ -90,6 +104,8 @@ class DreamServer:
         """Load the models (unless already loaded) off the event loop, then serve."""
         if not self.models.loaded:
             await asyncio.to_thread(self.models.load)
+        if self._warm_start:
+            await asyncio.to_thread(warm_up, self.engine)
         for name in self.models.names():
             await self._health.set(model_health_name(name), SERVING)
         for name in self.models.refused:
