@@ -31,7 +31,7 @@ from dreamstream.client.events import (
 )
 from dreamstream.client.retries import RetryListener, RetryPolicy
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
-from dreamstream.wire import CHANNEL_OPTIONS, DEFAULT_TARGET, REQUEST_ID_METADATA, format_named
+from dreamstream.wire import DEFAULT_TARGET, REQUEST_ID_METADATA, format_named
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 """A picture to dream on: a file path, encoded bytes, a Pillow image, or an HxW[x3|x4] array

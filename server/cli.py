@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 from pathlib import Path
 
-from dreamstream.cmdline import CommandError, non_negative_int, positive_int
+from dreamstream.cmdline import (
+    CommandError,
+    defaults_from_environment,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from dreamstream.server.app import DreamServer
 from dreamstream.server.engine import DreamEngine
 from dreamstream.server.engine.limits import (
@@ -20,6 +25,13 @@ from dreamstream.server.engine.limits import (
     Limits,
 )
 from dreamstream.server.models import ModelRepository, RepositoryError
+from dreamstream.server.options import (
+    ENV_PREFIX,
+    add_operation_flags,
+    configure_logging,
+    connection_policy,
+    start_telemetry,
+)
 from dreamstream.server.providers import DEVICE_CHOICES, DeviceError
 from dreamstream.server.security import SecurityError, TlsFiles, read_tokens
 from dreamstream.server.service import READER_TIMEOUT
@@ -32,14 +44,6 @@ SHUTDOWN_GRACE = 30.0
 _MIB = 2**20
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number above 0."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
-    return value
-
-
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
@@ -49,8 +53,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--models",
         type=Path,
-        default=Path(os.environ.get("DREAMSTREAM_MODELS", "models")),
-        help="directory of exported models (default: $DREAMSTREAM_MODELS or ./models)",
+        default=Path("models"),
+        help="directory of exported models (default ./models)",
     )
     parser.add_argument(
         "--host",
@@ -92,6 +96,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"on SIGTERM, running dreams get this long to finish before they are stopped (default {SHUTDOWN_GRACE:g})",
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_operation_flags(parser)
+    defaults_from_environment(parser, ENV_PREFIX)  # after every flag: each one gets its variable
     parser.set_defaults(func=serve)
 
 
@@ -162,7 +168,7 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args)
     asyncio.run(_serve(args))
     return 0
 
@@ -205,6 +211,9 @@ def _server(args: argparse.Namespace) -> DreamServer:
         tokens=tokens,
         reflection=args.reflection,
         reader_timeout=args.reader_timeout,
+        telemetry=start_telemetry(args),
+        connections=connection_policy(args, longest_dream=args.max_dream_seconds),
+        warm_start=args.warm_start,
     )
 
 
