@@ -11,7 +11,8 @@
 #
 # Run: docker run --gpus all -p 50051:50051 -p 9090:9090 dreamstream
 # The entrypoint is the `dreamstream` command, so `docker run IMAGE serve --port P ...` or
-# `docker run IMAGE models --server HOST:P` work as on a workstation.
+# `docker run IMAGE models --server HOST:P` work as on a workstation; every serve flag can
+# also be set as a DREAMSTREAM_* variable (docker run -e DREAMSTREAM_MAX_QUEUE=8 ...).
 
 # Any Debian or Ubuntu with apt: Python comes from the base's own python3 (3.11 on bookworm,
 # 3.12 on Ubuntu 24.04, which the CUDA image is built on).
@@ -71,4 +72,4 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 DREAMS
 EXPOSE 50051 9090
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--", "dreamstream"]
-CMD ["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "50051"]
+CMD ["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9090"]

@@ -23,6 +23,7 @@ import pytest
 from conftest import BVLC_WEIGHTS
 from docker_engine import DockerEngine
 from health import serving_status, wait_until_serving
+from replicas import dreams_total, scrape
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "dreamstream-test:cpu"
@@ -100,7 +101,9 @@ class Container:
         self.docker = docker
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
-        serve = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu", *args]
+        self.metrics_port = free_port()
+        serve = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"]
+        serve += ["--metrics-port", str(self.metrics_port), *args]
         self.id = docker("run", "--detach", "--network=host", image.tag, *serve).strip()
 
     def inspect(self) -> dict:
@@ -144,6 +147,16 @@ def test_a_client_on_the_host_dreams_through_the_container(container: Container)
     assert max(frames[-1].image().size) == 96
 
 
+def test_prometheus_scrapes_the_dreams_the_container_ran(container: Container) -> None:
+    from dreamstream.client import DreamClient
+
+    with DreamClient(container.target) as client:
+        list(client.dream(width=64, height=64, octaves=1, steps_per_octave=2))
+    samples = scrape(f"http://127.0.0.1:{container.metrics_port}/metrics")
+    assert dreams_total(samples) >= 1
+    assert samples[("dreamstream_inflight_dreams", ())] == 0
+
+
 def test_the_models_exported_at_build_time_are_served(container: Container, image: BuiltImage) -> None:
     from dreamstream.client import DreamClient
 
@@ -158,13 +171,13 @@ def test_every_process_in_the_container_runs_as_the_non_root_user(container: Con
     assert {line.split()[1] for line in processes} == {"10001"}, processes
 
 
-def test_the_image_runs_dreamstream_under_tini_serving_its_models_on_every_address(
+def test_the_image_runs_dreamstream_under_tini_serving_its_models_and_metrics_on_every_address(
     docker: DockerEngine, image: BuiltImage
 ) -> None:
     config = json.loads(docker("image", "inspect", image.tag))[0]["Config"]
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["/usr/bin/tini", "--", "dreamstream"]
-    assert config["Cmd"] == ["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "50051"]
+    assert config["Cmd"] == "serve --models /models --host 0.0.0.0 --port 50051 --metrics-port 9090".split()
 
 
 def test_docker_stop_ends_the_server_with_exit_code_0(docker: DockerEngine, image: BuiltImage) -> None:

@@ -182,3 +182,18 @@ def test_the_autoscaler_scales_the_deployment_on_inflight_dreams(rendered: dict[
     autoscaler = the(objects, "HorizontalPodAutoscaler")["spec"]
     assert autoscaler["scaleTargetRef"]["name"] == the(objects, "Deployment")["metadata"]["name"]
     assert [metric["pods"]["metric"]["name"] for metric in autoscaler["metrics"]] == ["dreamstream_inflight_dreams"]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_container_args_are_a_serve_command_line_matching_the_ports(
+    rendered: dict[str, list[Manifest]], kustomization: str
+) -> None:
+    """`dreamstream serve` itself parses the args (a flag it does not know fails here, not in
+    a crash-looping pod), and its ports are the ones the probes, Services and Prometheus use."""
+    from dreamstream.cli import build_parser
+
+    container = server_container(rendered[kustomization])
+    args = build_parser("serve").parse_args(container["args"])
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert (args.port, args.metrics_port) == (ports["grpc"], ports["metrics"])
+    assert args.host == "0.0.0.0"
