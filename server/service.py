@@ -407,6 +407,9 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
             self._telemetry.ended(record, grpc.StatusCode.CANCELLED.name)
             raise
         except Exception as error:
+            if context.cancelled():  # the caller left while a message was on its way: no one to answer
+                self._telemetry.ended(record, grpc.StatusCode.CANCELLED.name)
+                return
             # Recorded before the caller hears of it, as a finished dream is.
             self._telemetry.ended(record, status_of(error).name)
             await _abort(context, error, record.request_id)

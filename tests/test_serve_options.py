@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,9 +124,17 @@ def test_a_server_configured_by_environment_logs_one_json_line_per_dream(served:
     with DreamClient(served.target) as client:
         list(client.dream(width=64, height=48, octaves=2, steps_per_octave=3, request_id="order-42"))
         # Leaving the stream after its first event cancels the second dream.
-        started = next(event for event in client.dream(width=64, height=64, octaves=1) if isinstance(event, Started))
-    metrics = scrape(f"http://127.0.0.1:{served.metrics_port}/metrics")
-    assert (dreams_total(metrics, "OK"), dreams_total(metrics, "CANCELLED")) == (1, 1)
+        started = next(
+            event
+            for event in client.dream(width=128, height=128, octaves=1, steps_per_octave=1000)
+            if isinstance(event, Started)
+        )
+    # The server learns of the cancel at its next write: wait for it (bounded).
+    deadline = time.monotonic() + 30
+    while dreams_total(metrics := scrape(f"http://127.0.0.1:{served.metrics_port}/metrics"), "CANCELLED") < 1:
+        assert time.monotonic() < deadline, "the cancelled dream was never counted"
+        time.sleep(0.1)
+    assert dreams_total(metrics, "OK") == 1
     lines = served.stop()
 
     dreams = {line["request_id"]: line for line in lines if line["logger"] == "dreamstream.server.access"}
