@@ -432,6 +432,7 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
         The worker hands over at most STREAM_BUFFER events the stream has not sent yet;
         beyond that it waits (a slow reader slows the ascent instead of filling memory).
         """
+        request_id = record.request_id
         self._telemetry.queued(record)
         await self._admission.acquire(plan.memory)
         self._telemetry.admitted(record)
@@ -495,7 +496,7 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
         worker.add_done_callback(finished)
         running = self._running.started()
         try:
-            yield started_message(plan, record.request_id)
+            yield started_message(plan, request_id)
             while (item := await events.get()) is not _DONE:
                 if isinstance(item, Exception):
                     raise item
