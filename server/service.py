@@ -277,6 +277,11 @@ def _draining() -> Draining:
 
 _DONE = object()
 
+
+class CallerLeft(Exception):
+    """A message could not be written: nobody is reading the stream any more."""
+
+
 # Events a stream may hold that its reader has not taken yet: the ascent waits beyond
 # this (keeping its slot), so memory per stream stays at a few frames however slowly
 # the caller reads. Four lets the ascent run a few steps ahead while a frame encodes.
@@ -406,10 +411,10 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
         except asyncio.CancelledError:  # the caller left, or its deadline passed
             self._telemetry.ended(record, grpc.StatusCode.CANCELLED.name)
             raise
+        except CallerLeft as left:  # no one to answer
+            log.info("dream %s: %s", record.request_id, left)
+            self._telemetry.ended(record, grpc.StatusCode.CANCELLED.name)
         except Exception as error:
-            if context.cancelled():  # the caller left while a message was on its way: no one to answer
-                self._telemetry.ended(record, grpc.StatusCode.CANCELLED.name)
-                return
             # Recorded before the caller hears of it, as a finished dream is.
             self._telemetry.ended(record, status_of(error).name)
             await _abort(context, error, record.request_id)
@@ -424,6 +429,10 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
             raise SlowReader(
                 f"the client read nothing for {self._reader_timeout:g} s; the dream was stopped to free its slot"
             ) from None
+        except Exception as error:  # grpc's own (internal) error type
+            # The stream closed under us: the caller cancelled, its deadline passed, or its
+            # connection went, often before context.cancelled() says so.
+            raise CallerLeft(f"the caller left: {error}") from error
 
     async def _stream(self, plan: DreamPlan, record: DreamRecord) -> AsyncIterator[dream_pb2.DreamResponse]:
         """Run `plan` in a worker thread and turn its events into responses, in order: the
