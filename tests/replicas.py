@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 from health import wait_until_serving
 from prometheus_client.parser import text_string_to_metric_families
-
-CLI = [sys.executable, "-c", "import sys; from dreamstream.cli import main; sys.exit(main())"]
+from serve_process import CLI
 
 
 def port_free_on_every(hosts: list[str]) -> int:

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from health import wait_until_serving
-from replicas import CLI, dreams_total, port_free_on_every, scrape
+from replicas import dreams_total, port_free_on_every, scrape
+from serve_process import ServeProcess
 
 from dreamstream.cmdline import CommandError, defaults_from_environment
 
@@ -76,52 +73,27 @@ def test_warm_start_runs_a_step_on_every_model_before_serving(start_server: Any,
     assert warm.server.engine.steps_run == len(warm.server.models.names())
 
 
-class ServeProcess:
-    """`dreamstream serve` configured through the environment, on 127.0.0.1."""
-
-    def __init__(self, models: Path, log: Path) -> None:
-        self.port, self.metrics_port = port_free_on_every(["127.0.0.1"]), port_free_on_every(["127.0.0.1"])
-        self.target = f"127.0.0.1:{self.port}"
-        self.log = log
-        environment = {
-            "DREAMSTREAM_MODELS": str(models),
-            "DREAMSTREAM_HOST": "127.0.0.1",
-            "DREAMSTREAM_PORT": "1",  # the --port flag below wins
-            "DREAMSTREAM_DEVICE": "cpu",
-            "DREAMSTREAM_LOG_FORMAT": "json",
-            "DREAMSTREAM_METRICS_PORT": str(self.metrics_port),
-        }
-        with open(log, "wb") as output:
-            self.process = subprocess.Popen(
-                [*CLI, "serve", "--port", str(self.port)],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **environment},
-            )
-
-    def stop(self) -> list[dict[str, Any]]:
-        """SIGTERM, then every log line, parsed (each one must be JSON)."""
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=60)
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
-def served(lite0_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    process = ServeProcess(lite0_dir.parent, tmp_path_factory.mktemp("serve") / "server.log")
+def served(lite0_dir: Path) -> Iterator[tuple[ServeProcess, int]]:
+    """`dreamstream serve` configured through the environment; yields it and its metrics port."""
+    metrics_port = port_free_on_every(["127.0.0.1"])
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("DREAMSTREAM_LOG_FORMAT", "json")
+        environment.setenv("DREAMSTREAM_METRICS_PORT", str(metrics_port))
+        environment.setenv("DREAMSTREAM_PORT", "1")  # ServeProcess's --port 0 wins
+        process = ServeProcess(lite0_dir.parent)
     try:
-        wait_until_serving(process.target)
-        yield process
+        yield process, metrics_port
     finally:
-        if process.process.poll() is None:
-            process.process.kill()
+        process.stop()
 
 
-def test_a_server_configured_by_environment_logs_one_json_line_per_dream(served: ServeProcess) -> None:
+def test_a_server_configured_by_environment_logs_one_json_line_per_dream(served: tuple[ServeProcess, int]) -> None:
     from dreamstream.client import DreamClient
     from dreamstream.client.events import Started
 
-    with DreamClient(served.target) as client:
+    process, metrics_port = served
+    with DreamClient(process.target) as client:
         list(client.dream(width=64, height=48, octaves=2, steps_per_octave=3, request_id="order-42"))
         # Leaving the stream after its first event cancels the second dream.
         started = next(
@@ -131,11 +103,12 @@ def test_a_server_configured_by_environment_logs_one_json_line_per_dream(served:
         )
     # The server learns of the cancel at its next write: wait for it (bounded).
     deadline = time.monotonic() + 30
-    while dreams_total(metrics := scrape(f"http://127.0.0.1:{served.metrics_port}/metrics"), "CANCELLED") < 1:
+    while dreams_total(metrics := scrape(f"http://127.0.0.1:{metrics_port}/metrics"), "CANCELLED") < 1:
         assert time.monotonic() < deadline, "the cancelled dream was never counted"
         time.sleep(0.1)
     assert dreams_total(metrics, "OK") == 1
-    lines = served.stop()
+    assert process.stop() == 0
+    lines = [json.loads(line) for line in process.log.splitlines()]
 
     dreams = {line["request_id"]: line for line in lines if line["logger"] == "dreamstream.server.access"}
     assert set(dreams) == {"order-42", started.request_id}
