@@ -197,3 +197,21 @@ def test_the_container_args_are_a_serve_command_line_matching_the_ports(
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert (args.port, args.metrics_port) == (ports["grpc"], ports["metrics"])
     assert args.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_termination_grace_covers_the_longest_dream_and_the_drain(
+    rendered: dict[str, list[Manifest]], kustomization: str
+) -> None:
+    """Kubernetes kills the pod after terminationGracePeriodSeconds: by then the preStop pause
+    and the server's drain (--shutdown-grace, at least the longest dream) must be over; and a
+    dream on an aged-out connection gets as long (--max-connection-age-grace)."""
+    from dreamstream.cli import build_parser
+
+    pod = the(rendered[kustomization], "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = build_parser("serve").parse_args(container["args"])
+    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert args.shutdown_grace >= args.max_dream_seconds
+    assert args.max_connection_age_grace >= args.max_dream_seconds
+    assert pod["terminationGracePeriodSeconds"] > pause + args.shutdown_grace
