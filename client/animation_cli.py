@@ -93,6 +93,14 @@ def _add_zoom_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_zoom)
 
 
+def _check_output(path: Path) -> None:
+    """The output can be written: checked before the animation costs anything."""
+    if path.is_dir():
+        raise CommandError(f"-o {path} is a folder: give a file name")
+    if not path.parent.is_dir():
+        raise CommandError(f"-o {path}: folder {path.parent} does not exist: create it first")
+
+
 def parse_blend(text: str) -> float | str:
     """ "0.5" -> 0.5; "loop" and "random" as they are."""
     if text in ("loop", "random"):
@@ -170,6 +178,7 @@ def run_video(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.input} is not a file")
     if args.output.suffix.lower() not in videofile.VIDEO_SUFFIXES:
         raise CommandError(f"cannot write a video to {args.output}: name it {', '.join(videofile.VIDEO_SUFFIXES)}")
+    _check_output(args.output)
     if args.end_frame is not None and args.end_frame <= args.start_frame:
         raise CommandError(f"--end-frame {args.end_frame} is not after --start-frame {args.start_frame}")
     blend = parse_blend(args.blend)
@@ -216,6 +225,7 @@ def run_zoom(args: argparse.Namespace) -> int:
             )
     if args.fps <= 0:
         raise CommandError(f"--fps {args.fps}: give a number of frames per second above 0")
+    _check_output(args.output)
     shift = parse_shift(args.shift)
     options = dream_options(args, "png")
     pictures: list[Image.Image] = []

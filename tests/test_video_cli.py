@@ -94,6 +94,8 @@ def test_zoom_writes_a_video_at_the_frame_rate_asked(server, coffee: Path, tmp_p
         (["video", "{tmp}/missing.mp4", "-o", "{tmp}/out.mp4"], "is not a file"),
         (["zoom", "{clip}", "-o", "{tmp}/zoom.png", "--frames", "2"], "name it .gif"),
         (["zoom", "{photo}", "-o", "{tmp}/zoom.gif", "--frames", "2", "--shift", "3"], "--shift 3"),
+        (["video", "{clip}", "-o", "{tmp}/no/such/folder/out.mp4"], "does not exist"),
+        (["zoom", "{photo}", "-o", "{tmp}/no/zoom.gif", "--frames", "2"], "does not exist"),
     ],
 )
 def test_bad_command_lines_are_one_line_errors(
