@@ -176,7 +176,8 @@ def _report(case: CorpusCase, ours: float, torch_error: float, seconds: float, o
 
 
 def test_corpus_models_dream_through_a_real_server(corpus_dir: Path, start_server) -> None:
-    """Every model the corpus tests exported is served by one real server and dreams on a photograph."""
+    """Every model the corpus tests exported is served by one real server and dreams on a photograph,
+    the fixed-size ones too."""
     from dreamstream.client import DreamClient, Frame
     from dreamstream.server.models import ModelRepository
 
@@ -190,10 +191,7 @@ def test_corpus_models_dream_through_a_real_server(corpus_dir: Path, start_serve
     photo = shared_image("coffee.png")
     with DreamClient(server.target) as client:
         for name in exported:
-            side = read_manifest(models / name).fixed_size
-            if side:  # until the server tiles, a fixed-size model dreams at its own size
-                events = client.dream(None, model=name, width=side, height=side, octaves=1)
-            else:
-                events = client.dream(photo, model=name, max_size=96, octaves=2)
+            # A fixed-size model (fixed_size 64) is dreamed by the server in tiles of its size.
+            events = client.dream(photo, model=name, max_size=96, octaves=2)
             frames = [event for event in events if isinstance(event, Frame)]
-            assert frames and frames[-1].final and max(frames[-1].width, frames[-1].height) == (side or 96), name
+            assert frames and frames[-1].final and max(frames[-1].width, frames[-1].height) == 96, name
