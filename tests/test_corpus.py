@@ -66,12 +66,9 @@ REPRESENTATIVE = [
 # Static exports whose reshapes freeze the traced size: they run at EXPORT_SIZE only.
 FIXED_SIZE = {"shufflenet_v1", "shufflenet_v2", "attention", "unet"}
 # At opset 9 with dynamic shapes torch's TorchScript exporter cannot write a ceil-mode pool's
-# padding nor a chunk of unknown size.
+# padding, a chunk of unknown size, nor an interpolation to a size known at run time.
 TORCH_CANNOT_EXPORT = {
-    ("squeezenet1.0", 9, True),
-    ("squeezenet1.1", 9, True),
-    ("inception_v2", 9, True),
-    ("attention", 9, True),
+    (arch, 9, True) for arch in ("squeezenet1.0", "squeezenet1.1", "inception_v2", "attention", "unet")
 }
 
 
