@@ -26,9 +26,10 @@ from dreamstream.modeldir import MANIFEST_FILE
 from dreamstream.server.engine import DreamSpec, Octave
 from dreamstream.server.engine.colours import keep_original_colours, to_ycbcr
 from dreamstream.server.engine.normalise import lap_normalise, tv_gradient
-from dreamstream.server.engine.objectives import Guide, ranked_channels
+from dreamstream.server.engine.objectives import Guide, ranked_channels, ranking_picture
 from dreamstream.server.engine.octaves import octave_sizes
 from dreamstream.server.engine.request import ChannelMode
+from dreamstream.server.engine.tiling import Tiling
 from dreamstream.server.models import ModelRepository
 from dreamstream.server.refusals import InvalidRequest as Refused
 from dreamstream.v1 import dream_pb2
@@ -98,6 +99,14 @@ def test_a_guide_for_a_fixed_size_model_is_resized_to_that_size(coffee: Path) ->
     guide = Guide(coffee.read_bytes(), max_size=96, graph="g.onnx", fixed_size=64)
     assert guide.pixels().shape == (1, 3, 64, 64)
     assert Guide(coffee.read_bytes(), max_size=96, graph="g.onnx").pixels().shape == (1, 3, 64, 96)
+
+
+def test_a_tiled_dream_ranks_its_channels_on_the_picture_scaled_into_one_tile() -> None:
+    image = np.zeros((3, 300, 1200), np.float32)
+    assert ranking_picture(image, None, 32).shape == (3, 300, 1200)
+    assert ranking_picture(image, Tiling(size=600, overlap=32), 32).shape == (3, 150, 600)
+    assert ranking_picture(image, Tiling(size=224, overlap=0, fixed=True), 32).shape == (3, 224, 224)
+    assert ranking_picture(image, Tiling(size=64, overlap=8), 32).shape == (3, 32, 64)
 
 
 def test_octaves_above_go_past_the_pictures_size() -> None:

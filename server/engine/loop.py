@@ -32,7 +32,7 @@ from dreamstream.modeldir import CHANNEL_MEANS, CHANNEL_WEIGHTS, GUIDE, IMAGE, L
 from dreamstream.server.engine.colours import keep_original_colours
 from dreamstream.server.engine.limits import DEFAULT_LIMITS, Limits
 from dreamstream.server.engine.normalise import ascent_direction
-from dreamstream.server.engine.objectives import channel_weights
+from dreamstream.server.engine.objectives import channel_weights, ranking_picture
 from dreamstream.server.engine.octaves import resize
 from dreamstream.server.engine.plan import DreamPlan, plan_dream
 from dreamstream.server.engine.request import DreamSpec
@@ -204,8 +204,9 @@ class DreamEngine:
     def _ranked_weights(self, plan: DreamPlan, image: np.ndarray) -> np.ndarray:
         """Channel weights with the channel mode's layers ranked on `image` (3xHxW)."""
         session = plan.model.session(plan.model.graph_for(plan.params.layers))
+        picture = ranking_picture(image, plan.tiling, plan.model.manifest.min_size)
         feeds = {
-            IMAGE: np.ascontiguousarray(image[None], np.float32),
+            IMAGE: np.ascontiguousarray(picture[None], np.float32),
             LAYER_WEIGHTS: plan.layer_weights,
             CHANNEL_WEIGHTS: np.ones(plan.model.manifest.channel_total, np.float32),
         }

@@ -23,6 +23,7 @@ from dreamstream.modeldir import Manifest
 from dreamstream.server import imaging
 from dreamstream.server.engine.octaves import resize
 from dreamstream.server.engine.request import DEFAULT_CHANNEL_COUNT, ChannelMode, DreamSpec
+from dreamstream.server.engine.tiling import Tiling
 from dreamstream.server.models import Model
 from dreamstream.server.refusals import InvalidRequest
 
@@ -96,6 +97,18 @@ def channel_weights(manifest: Manifest, selection: ChannelSelection, means: np.n
         layer_means = means[layer.channel_offset : layer.channel_offset + layer.channels]
         _keep(weights, manifest, name, ranked_channels(layer_means, selection.mode, selection.count))
     return weights
+
+
+def ranking_picture(image: np.ndarray, tiling: Tiling | None, min_size: int) -> np.ndarray:
+    """The picture (3xHxW) channels are ranked on: `image` itself, or for a tiled dream `image`
+    scaled into one tile, since ranking runs the gradient graph on it whole."""
+    if tiling is None:
+        return image
+    if tiling.fixed:
+        return resize(image, tiling.size, tiling.size)
+    height, width = image.shape[1:]
+    scale = min(1.0, tiling.size / max(height, width))
+    return resize(image, max(min_size, round(height * scale)), max(min_size, round(width * scale)))
 
 
 def _keep(weights: np.ndarray, manifest: Manifest, name: str, channels: np.ndarray) -> None:
