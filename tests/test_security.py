@@ -9,6 +9,7 @@ import pytest
 from certificates import Certificates, make_certificates
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from serve_process import ServeProcess
 
 from dreamstream.cli import main
 from dreamstream.client import DreamClient, Frame, ServerUnavailable, Unauthenticated
@@ -110,18 +111,6 @@ def test_mutual_tls_serves_only_clients_with_a_certificate_of_the_ca(
         client.models(timeout=10)
 
 
-def test_the_cli_dreams_with_a_ca_and_a_token_file_and_exits_refused_without_a_token(
-    secure_server, certificates: Certificates, token_file: Path, tmp_path: Path, capsys, monkeypatch
-) -> None:
-    monkeypatch.delenv("DREAMSTREAM_TOKEN", raising=False)
-    out = tmp_path / "noise.png"
-    flags = ["--server", secure_server.target, "--ca-file", str(certificates.ca), "--noise", "64x48", "-q"]
-    assert main(["dream", "-o", str(out), *flags, "--token-file", str(token_file), "--steps", "1"]) == 0
-    assert out.is_file()
-    assert main(["dream", "-o", str(out), *flags]) == EXIT_REFUSED
-    assert "UNAUTHENTICATED" in capsys.readouterr().err
-
-
 def test_token_files_skip_blank_and_comment_lines_and_an_empty_one_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text("# rotated monthly\n\nfirst\n  second  \n")
@@ -136,3 +125,30 @@ def test_tokens_compare_whole() -> None:
     assert not token_matches(b"new-toke", TOKENS)
     assert not token_matches(b"new-token2", TOKENS)
     assert not token_matches(b"", TOKENS)
+
+
+def test_serve_with_tls_and_a_token_file_serves_the_cli_with_the_ca_and_token_and_refuses_without(
+    lite0_dir: Path, certificates: Certificates, token_file: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.delenv("DREAMSTREAM_TOKEN", raising=False)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# one token per line\nnew-token\n")
+    server = ServeProcess(
+        lite0_dir.parent,
+        *("--tls-cert", str(certificates.server_cert), "--tls-key", str(certificates.server_key)),
+        *("--auth-token-file", str(tokens), "--no-reflection"),
+    )
+    try:
+        out = tmp_path / "dream.png"
+        flags = ["--server", server.target, "--ca-file", str(certificates.ca), "--noise", "64x48", "-q", "--steps", "1"]
+        assert main(["dream", "-o", str(out), *flags, "--token-file", str(token_file)]) == 0
+        assert out.is_file()
+        assert main(["dream", "-o", str(out), *flags]) == EXIT_REFUSED
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not-the-token\n")
+        assert main(["dream", "-o", str(out), *flags, "--token-file", str(wrong)]) == EXIT_REFUSED
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log
