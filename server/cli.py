@@ -237,3 +237,9 @@ async def _serve(args: argparse.Namespace) -> None:
         raise CommandError(str(error)) from error
     await stop.wait()
     await server.drain(args.shutdown_grace)
+    # Drained: a second stop signal (an impatient supervisor) must not kill the process
+    # on its way out with "terminated by SIGTERM" instead of exit 0. Ignored rather than
+    # left to the loop, whose closing would put the default (fatal) action back.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)

@@ -72,6 +72,10 @@ class ServeProcess:
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
 
+    def exit_status(self, timeout: float = 60) -> int:
+        """Wait for the process to end by itself (after a signal already sent)."""
+        return self.process.wait(timeout)
+
     def stop(self, timeout: float = 60) -> int:
         if self.process.poll() is None:
             self.terminate()

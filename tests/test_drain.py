@@ -91,9 +91,24 @@ def test_sigterm_drains_running_dreams_finish_waiting_and_new_ones_are_unavailab
 
     running.join(300)
     assert running.error is None and running.finished  # the accepted dream is not lost
-    assert server.stop() == 0
+    assert server.exit_status() == 0
     assert "Traceback" not in server.log and " ERROR " not in server.log, server.log
     assert "drained: every running dream finished" in server.log
+
+
+def test_a_second_sigterm_while_draining_changes_nothing(served) -> None:
+    server = served("--shutdown-grace", "120")
+    running = Dreamer(server.target, **LONG)
+    running.start()
+    assert running.stepped.wait(120), running.error
+    server.terminate()
+    wait_for_health(server.target, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.terminate()  # an impatient supervisor
+    running.join(300)
+    assert running.error is None and running.finished
+    server.terminate()  # and once more, while the process is on its way out
+    assert server.exit_status() == 0
+    assert "Traceback" not in server.log, server.log
 
 
 def test_dreams_still_running_after_the_grace_are_stopped_with_unavailable_and_the_exit_is_clean(served) -> None:
@@ -105,6 +120,6 @@ def test_dreams_still_running_after_the_grace_are_stopped_with_unavailable_and_t
     running.join(120)
     assert isinstance(running.error, ServerUnavailable), running.error
     assert running.error.reason == "DRAINING" and "shut down before the dream finished" in running.error.message
-    assert server.stop() == 0
+    assert server.exit_status() == 0
     assert "Traceback" not in server.log, server.log
     assert "dreams still running after 1 s were stopped" in server.log
