@@ -22,12 +22,13 @@ from dreamstream.client.errors import (
     ServerUnavailable,
     Unauthenticated,
 )
-from dreamstream.client.events import DreamEvent, Frame, LayerInfo, ModelInfo, Progress, Started
+from dreamstream.client.events import ClassProbability, DreamEvent, Frame, LayerInfo, ModelInfo, Progress, Started
 
 __all__ = [
     "AnimationFrame",
     "AsyncDreamClient",
     "Cancelled",
+    "ClassProbability",
     "DeadlineExceeded",
     "DreamClient",
     "DreamEvent",

@@ -12,11 +12,12 @@ import io
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TypedDict, Unpack
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from PIL import Image
 
 from dreamstream.client.animation import AnimationCalls, AsyncAnimationCalls
@@ -24,8 +25,10 @@ from dreamstream.client.balancing import CLIENT_CHANNEL_OPTIONS
 from dreamstream.client.connection import Connection
 from dreamstream.client.errors import from_rpc_error
 from dreamstream.client.events import (
+    ClassProbability,
     DreamEvent,
     ModelInfo,
+    classes_from_response,
     event_from_response,
     models_from_response,
 )
@@ -157,6 +160,11 @@ def build_request(image: ImageInput | None, options: DreamOptions) -> dream_pb2.
     return request
 
 
+def build_classify_request(image: ImageInput, model: str = "", top: int = 0) -> dream_pb2.ClassifyRequest:
+    """The ClassifyRequest for `image`; `model` "" and `top` 0 take the server's defaults."""
+    return dream_pb2.ClassifyRequest(image=image_bytes(image), model=model, top=top)
+
+
 def _metadata(request_id: str | None) -> tuple[tuple[str, str], ...]:
     """The call's metadata: the caller's request id, which the server then uses in its logs."""
     return ((REQUEST_ID_METADATA, request_id),) if request_id else ()
@@ -232,11 +240,22 @@ class DreamClient(AnimationCalls):
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server can dream with."""
+        return models_from_response(self._unary(self._stub.ListModels, dream_pb2.ListModelsRequest(), timeout))
+
+    def classify(
+        self, image: ImageInput, *, model: str = "", top: int = 0, timeout: float | None = None
+    ) -> list[ClassProbability]:
+        """What `model`'s network sees in `image`: its `top` (default 5) most probable ImageNet
+        classes, most probable first. The model must have a classifier (ModelInfo.can_classify)."""
+        request = build_classify_request(image, model, top)
+        return classes_from_response(self._unary(self._stub.Classify, request, timeout))
+
+    def _unary(self, method: Callable, request: Message, timeout: float | None) -> Message:
+        """One unary call, tried again as the retry policy says."""
         attempt = 0
         while True:
             try:
-                response = self._stub.ListModels(dream_pb2.ListModelsRequest(), timeout=timeout, metadata=self._auth)
-                return models_from_response(response)
+                return method(request, timeout=timeout, metadata=self._auth)
             except grpc.RpcError as rpc_error:
                 delay = self._retry.delay_or_raise(from_rpc_error(rpc_error, self.target), attempt)
             time.sleep(delay)
@@ -306,13 +325,21 @@ class AsyncDreamClient(AsyncAnimationCalls):
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server can dream with."""
+        return models_from_response(await self._unary(self._stub.ListModels, dream_pb2.ListModelsRequest(), timeout))
+
+    async def classify(
+        self, image: ImageInput, *, model: str = "", top: int = 0, timeout: float | None = None
+    ) -> list[ClassProbability]:
+        """What `model`'s network sees in `image`. See DreamClient.classify."""
+        request = build_classify_request(image, model, top)
+        return classes_from_response(await self._unary(self._stub.Classify, request, timeout))
+
+    async def _unary(self, method: Callable, request: Message, timeout: float | None) -> Message:
+        """One unary call, tried again as the retry policy says."""
         attempt = 0
         while True:
             try:
-                response = await self._stub.ListModels(
-                    dream_pb2.ListModelsRequest(), timeout=timeout, metadata=self._auth
-                )
-                return models_from_response(response)
+                return await method(request, timeout=timeout, metadata=self._auth)
             except grpc.RpcError as rpc_error:
                 delay = self._retry.delay_or_raise(from_rpc_error(rpc_error, self.target), attempt)
             await asyncio.sleep(delay)

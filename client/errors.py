@@ -111,7 +111,8 @@ class Unauthenticated(DreamstreamError):
 
 
 class ModelUnavailable(DreamstreamError):
-    """The server has the model but refused to load it (ListModels says why)."""
+    """The server has the model but cannot serve this call with it: it refused to load it (ListModels
+    says why), or, for classify, the model has no classifier."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -108,6 +108,7 @@ class ModelInfo:
     default: bool  # the model used when a dream names none
     supports_guide: bool = False  # exported with guide graphs: the `guide` option works
     max_untiled_size: int = 0  # larger pictures are dreamed in tiles (0: a server from before tiling)
+    can_classify: bool = False  # exported with its classifier head: `classify` works
 
 
 def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent | None:
@@ -157,6 +158,19 @@ def event_from_response(response: dream_pb2.DreamResponse) -> DreamEvent | None:
     )
 
 
+@dataclass(frozen=True)
+class ClassProbability:
+    """A class the network sees in a picture (Classify), with its probability."""
+
+    label: str  # e.g. "Egyptian cat"
+    probability: float  # in [0, 1]
+    index: int  # the class's position in the network's output
+
+
+def classes_from_response(response: dream_pb2.ClassifyResponse) -> list[ClassProbability]:
+    return [ClassProbability(cls.label, cls.probability, cls.index) for cls in response.classes]
+
+
 def models_from_response(response: dream_pb2.ListModelsResponse) -> list[ModelInfo]:
     return [
         ModelInfo(
@@ -169,6 +183,7 @@ def models_from_response(response: dream_pb2.ListModelsResponse) -> list[ModelIn
             default=model.name == response.default_model,
             supports_guide=model.supports_guide,
             max_untiled_size=model.max_untiled_size,
+            can_classify=model.can_classify,
         )
         for model in response.models
     ]

@@ -29,6 +29,11 @@ one: every position of a layer's activation is pulled towards the guide's
 feature (at the same layer) it matches best, the one with the largest dot
 product. Models exported before guided dreams have none (`guide_graph` is "");
 the server refuses a guide for them.
+
+A model whose weights have their ImageNet classifier head also has a `classifier`
+graph (input `image`, output `probabilities`: the softmax over the classes) and a
+labels file, one class name per line in the order of the outputs. Models without
+one have `classifier` None.
 """
 
 from __future__ import annotations
@@ -65,6 +70,12 @@ IMAGE_OUT = "image_out"  # float32 [N,3,H,W], the image after the step
 STEP_INPUTS = (IMAGE, LAYER_WEIGHTS, CHANNEL_WEIGHTS, SHIFT, STEP_SIZE)
 STEP_OUTPUTS = (IMAGE_OUT, LOSS)
 
+# The classifier graph: the picture in (any size the network takes; see Classifier.size),
+# one probability per class out.
+PROBABILITIES = "probabilities"  # float32 [N,K], the softmax of the class scores
+CLASSIFIER_INPUTS = (IMAGE,)
+CLASSIFIER_OUTPUTS = (PROBABILITIES,)
+
 
 class ManifestError(ValueError):
     """A manifest is missing, malformed, or of a format this version cannot read."""
@@ -97,6 +108,15 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class Classifier:
+    """The model's classifier head, exported as a graph of its own (CLASSIFIER_INPUTS/OUTPUTS)."""
+
+    graph: str  # relative to the model dir
+    labels: str  # text file relative to the model dir: one class name per line, in output order
+    size: int  # the square side the network was trained to classify at; pictures are resized to it
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     backbone: str
@@ -113,6 +133,7 @@ class Manifest:
     # > 0: the graphs run only on pictures of exactly fixed_size x fixed_size (the network was
     # exported with fixed shapes, say a reshape to 7x7); such a model is dreamed in tiles of that size.
     fixed_size: int = 0
+    classifier: Classifier | None = None  # None: the weights had no classifier head
 
     @property
     def channel_total(self) -> int:
@@ -144,7 +165,13 @@ class Manifest:
             preprocessing = Preprocessing(
                 mean=tuple(prep["mean"]), std=tuple(prep["std"]), bgr=prep["bgr"], scale=prep["scale"]
             )
-            return cls(layers=layers, preprocessing=preprocessing, **raw)
+            classifier = raw.pop("classifier", None)
+            return cls(
+                layers=layers,
+                preprocessing=preprocessing,
+                classifier=Classifier(**classifier) if classifier else None,
+                **raw,
+            )
         except (KeyError, TypeError, json.JSONDecodeError) as error:
             raise ManifestError(f"malformed manifest: {error}") from error
 

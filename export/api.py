@@ -25,12 +25,20 @@ from dreamstream.export.autodiff import GradientError
 from dreamstream.export.backbone import Backbone
 from dreamstream.export.backbones import RECIPES
 from dreamstream.export.backbones.source import WeightSource
+from dreamstream.export.classify import (
+    CLASSIFIER_FILE,
+    IMAGENET_SIZE,
+    LABELS_FILE,
+    build_classifier_graph,
+    write_labels,
+)
 from dreamstream.export.graph import DERIVED_PREFIX, OPSET
 from dreamstream.export.weights import read_weights, sha256_of
 from dreamstream.modeldir import (
     CHANNEL_WEIGHTS,
     IMAGE,
     LAYER_WEIGHTS,
+    Classifier,
     Layer,
     Manifest,
     write_manifest,
@@ -176,6 +184,11 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
             )
             channel_offset += layer.channels
 
+    classifier = None
+    if model.logits is not None:
+        _save(build_classifier_graph(prepared), model_dir / CLASSIFIER_FILE, weights)
+        write_labels(model_dir / LABELS_FILE)
+        classifier = Classifier(CLASSIFIER_FILE, LABELS_FILE, IMAGENET_SIZE)
     sizes = _working_sizes(deepest_graph, len(layers), channel_offset, model.declared_size)
     manifest = Manifest(
         name=name,
@@ -192,6 +205,7 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
         opset=OPSET,
         source=dict(model.source),
         fixed_size=sizes.fixed,
+        classifier=classifier,
     )
     write_manifest(model_dir, manifest)
     return manifest

@@ -38,6 +38,7 @@ class Backbone:
     source: dict[str, str] = field(default_factory=dict)
     max_size: int = 4096
     declared_size: int | None = None  # the square input side the source file declares, if any
+    logits: str | None = None  # the forward graph's tensor of ImageNet class scores, where the weights have a head
 
     @property
     def input_name(self) -> str:

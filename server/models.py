@@ -58,6 +58,9 @@ def check_model_files(directory: Path, manifest: Manifest) -> None:
         graphs = (layer.graph, layer.step_graph, layer.focus_graph, layer.focus_step_graph, layer.guide_graph)
         for graph in filter(None, graphs):  # an older export has no guide graph
             model_file(directory, graph, "graph")
+    if manifest.classifier is not None:
+        model_file(directory, manifest.classifier.graph, "classifier graph")
+        model_file(directory, manifest.classifier.labels, "labels file")
     weights = model_file(directory, manifest.weights_file, "weights file")
     digest = hashlib.sha256()
     with weights.open("rb") as file:

@@ -118,6 +118,19 @@ class ModelUnavailable(Refusal):
         super().__init__(f"model {shown(name)} is not served: {problem}", field="model")
 
 
+class NoClassifier(Refusal):
+    """Classify named a model exported without a classifier head."""
+
+    kind = RefusalKind.FAILED_PRECONDITION
+    reason = "NO_CLASSIFIER"
+
+    def __init__(self, name: str, classifying: list[str]) -> None:
+        others = f"; these can: {', '.join(classifying)}" if classifying else ""
+        super().__init__(
+            f"model {shown(name)} has no classifier: its weights had no classifier head{others}", field="model"
+        )
+
+
 # Longest piece of a request echoed back in a message: status messages travel in
 # gRPC metadata, which is limited to a few kB.
 _SHOWN_CHARS = 64

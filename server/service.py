@@ -33,6 +33,7 @@ from dreamstream.server.engine import (
     Octave,
     Step,
 )
+from dreamstream.server.engine.classify import Classification, classify
 from dreamstream.server.engine.request import ChannelMode
 from dreamstream.server.engine.tiling import MAX_TILED_SIDE
 from dreamstream.server.error_status import error_status
@@ -116,6 +117,16 @@ def spec_from_request(request: dream_pb2.DreamRequest) -> DreamSpec:
         repeat=request.repeat or None,
         tile_size=request.tile_size or None,
         tile_overlap=request.tile_overlap if request.HasField("tile_overlap") else None,
+    )
+
+
+def classify_message(result: Classification) -> dream_pb2.ClassifyResponse:
+    return dream_pb2.ClassifyResponse(
+        model=result.model,
+        classes=[
+            dream_pb2.ClassProbability(label=cls.label, probability=cls.probability, index=cls.index)
+            for cls in result.classes
+        ],
     )
 
 
@@ -388,6 +399,7 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
                     max_size=MAX_TILED_SIDE,
                     supports_guide=all(layer.guide_graph for layer in model.manifest.layers),
                     max_untiled_size=self._engine.untiled_limit(model),
+                    can_classify=model.manifest.classifier is not None,
                 )
                 for model in models
             ],
@@ -396,6 +408,21 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
                 dream_pb2.UnavailableModel(name=name, problem=problem) for name, problem in models.refused.items()
             ],
         )
+
+    async def Classify(
+        self, request: dream_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> dream_pb2.ClassifyResponse:
+        request_id = _call_request_id(context)
+        try:
+            if not self._engine.models.loaded:
+                raise NotReady("the server is still loading its models; retry in a moment")
+            # One forward pass at the network's own size: off the event loop, with no dream slot.
+            result = await asyncio.to_thread(
+                classify, self._engine.models, request.image, request.model, request.top or None, self._engine.limits
+            )
+        except Exception as error:
+            await _abort(context, error, request_id)
+        return classify_message(result)
 
     async def Dream(self, request: dream_pb2.DreamRequest, context: grpc.aio.ServicerContext) -> None:
         record = DreamRecord(_call_request_id(context))

@@ -72,7 +72,8 @@ def build(source: WeightSource) -> Backbone:
             channels, block = out_channels, block + 1
 
     head = _conv_bn(g, source, x, "_conv_head", "_bn1", (HEAD_CHANNELS, channels, 1, 1))
-    net.record("head", relu6(g, head, "head"), HEAD_CHANNELS)
+    head = net.record("head", relu6(g, head, "head"), HEAD_CHANNELS)
+    net.classifier_head(head, "_fc.weight", "_fc.bias", (1000, HEAD_CHANNELS))
     return net.backbone("efficientnet-lite0", PREPROCESSING, DEFAULT_LAYERS, "Apache-2.0")
 
 

@@ -94,5 +94,7 @@ def build(source: WeightSource) -> Backbone:
         if spec[0] in POOL_BEFORE:
             x = net.pool(x, POOL_BEFORE[spec[0]], channels)
         x, channels = net.inception(x, channels, spec)
+    # Caffe's pool5/7x7_s1 is the global average at 224 px; dropout is the identity at inference.
+    net.classifier_head(x, "loss3/classifier/weight", "loss3/classifier/bias", (1000, channels, 1, 1))
 
     return net.backbone("googlenet-bvlc", PREPROCESSING, DEFAULT_LAYERS, "BVLC model zoo, unrestricted use")

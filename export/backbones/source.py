@@ -31,6 +31,10 @@ class WeightSource:
     def random(cls, seed: int = 0) -> WeightSource:
         return cls(None, f"random weights (seed {seed})", seed)
 
+    def has(self, key: str) -> bool:
+        """Whether the weights hold `key` (random weights hold every parameter)."""
+        return self.arrays is None or key in self.arrays
+
     def get(self, key: str, shape: Sequence[int]) -> np.ndarray:
         if self.arrays is not None:
             return np.asarray(require(self.arrays, key, shape, self.origin), dtype=np.float32)

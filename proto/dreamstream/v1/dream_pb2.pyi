@@ -224,7 +224,7 @@ class Layer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., channels: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "backbone", "layers", "default_layers", "min_size", "max_size", "supports_guide", "max_untiled_size")
+    __slots__ = ("name", "backbone", "layers", "default_layers", "min_size", "max_size", "supports_guide", "can_classify", "max_untiled_size")
     class DefaultLayersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +239,7 @@ class Model(_message.Message):
     MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_GUIDE_FIELD_NUMBER: _ClassVar[int]
+    CAN_CLASSIFY_FIELD_NUMBER: _ClassVar[int]
     MAX_UNTILED_SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     backbone: str
@@ -247,8 +248,9 @@ class Model(_message.Message):
     min_size: int
     max_size: int
     supports_guide: bool
+    can_classify: bool
     max_untiled_size: int
-    def __init__(self, name: _Optional[str] = ..., backbone: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., default_layers: _Optional[_Mapping[str, float]] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., supports_guide: _Optional[bool] = ..., max_untiled_size: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., backbone: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., default_layers: _Optional[_Mapping[str, float]] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., supports_guide: _Optional[bool] = ..., can_classify: _Optional[bool] = ..., max_untiled_size: _Optional[int] = ...) -> None: ...
 
 class UnavailableModel(_message.Message):
     __slots__ = ("name", "problem")
@@ -346,3 +348,31 @@ class ZoomResponse(_message.Message):
     FRAME_FIELD_NUMBER: _ClassVar[int]
     frame: AnimationFrame
     def __init__(self, frame: _Optional[_Union[AnimationFrame, _Mapping]] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("image", "model", "top")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    model: str
+    top: int
+    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., top: _Optional[int] = ...) -> None: ...
+
+class ClassProbability(_message.Message):
+    __slots__ = ("label", "probability", "index")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    probability: float
+    index: int
+    def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ..., index: _Optional[int] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("model", "classes")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    classes: _containers.RepeatedCompositeFieldContainer[ClassProbability]
+    def __init__(self, model: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ...) -> None: ...

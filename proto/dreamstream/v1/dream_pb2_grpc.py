@@ -55,6 +55,11 @@ class DreamServiceStub:
                 request_serializer=dreamstream_dot_v1_dot_dream__pb2.ZoomRequest.SerializeToString,
                 response_deserializer=dreamstream_dot_v1_dot_dream__pb2.ZoomResponse.FromString,
                 _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/dreamstream.v1.DreamService/Classify',
+                request_serializer=dreamstream_dot_v1_dot_dream__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=dreamstream_dot_v1_dot_dream__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
 
 
 class DreamServiceServicer:
@@ -124,6 +129,19 @@ class DreamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Classify(self, request, context):
+        """What a model's network sees in a picture: its most probable ImageNet
+        classes, so that a caller can see what the network sees before choosing
+        what to amplify. For the models exported with their classifier head
+        (Model.can_classify). Errors: INVALID_ARGUMENT for an image that cannot
+        be decoded or a `top` out of range; NOT_FOUND for an unknown model;
+        FAILED_PRECONDITION for a model without a classifier; UNAVAILABLE while
+        the server is still loading its models.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DreamServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +164,11 @@ def add_DreamServiceServicer_to_server(servicer, server):
                     servicer.Zoom,
                     request_deserializer=dreamstream_dot_v1_dot_dream__pb2.ZoomRequest.FromString,
                     response_serializer=dreamstream_dot_v1_dot_dream__pb2.ZoomResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=dreamstream_dot_v1_dot_dream__pb2.ClassifyRequest.FromString,
+                    response_serializer=dreamstream_dot_v1_dot_dream__pb2.ClassifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -257,6 +280,33 @@ class DreamService:
             '/dreamstream.v1.DreamService/Zoom',
             dreamstream_dot_v1_dot_dream__pb2.ZoomRequest.SerializeToString,
             dreamstream_dot_v1_dot_dream__pb2.ZoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dreamstream.v1.DreamService/Classify',
+            dreamstream_dot_v1_dot_dream__pb2.ClassifyRequest.SerializeToString,
+            dreamstream_dot_v1_dot_dream__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
