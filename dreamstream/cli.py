@@ -53,6 +53,15 @@ PARTS = (
         },
     ),
     Part(
+        module="dreamstream.client.discovery_cli",
+        hook="add_discovery_parsers",
+        install=None,
+        commands={
+            "classify": "what a model's network sees in a picture: its top ImageNet classes",
+            "sweep": "dream a picture once per layer, with a labelled contact sheet",
+        },
+    ),
+    Part(
         module="dreamstream.client.animation_cli",
         hook="add_animation_parsers",
         # The commands themselves need the light install; reading and writing video needs PyAV.
