@@ -15,10 +15,12 @@ few minutes on two cores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +56,12 @@ PICTURES: dict[str, dict[str, Any]] = {
 }
 
 
-def thumbnail(picture: Image.Image, name: str) -> Path:
+def thumbnail(picture: Image.Image, name: str, folder: Path = OUT, width: int = THUMBNAIL_WIDTH) -> Path:
+    """`picture` `width` px wide as folder/name.jpg."""
     picture = picture.convert("RGB")
-    height = round(picture.height * THUMBNAIL_WIDTH / picture.width)
-    path = OUT / f"{name}.jpg"
-    picture.resize((THUMBNAIL_WIDTH, height), Image.Resampling.LANCZOS).save(path, quality=JPEG_QUALITY)
+    height = round(picture.height * width / picture.width)
+    path = folder / f"{name}.jpg"
+    picture.resize((width, height), Image.Resampling.LANCZOS).save(path, quality=JPEG_QUALITY)
     return path
 
 
@@ -78,6 +81,16 @@ def main() -> int:
         print(thumbnail(photo, "input"))
     with Image.open(GUIDE) as guide:
         print(thumbnail(guide, "guide-picture"))
+    with googlenet_client() as client:
+        for name, options in PICTURES.items():
+            path = thumbnail(final_picture(client, options), name)
+            print(f"{path} ({path.stat().st_size // 1024} KB)")
+    return 0
+
+
+@contextlib.contextmanager
+def googlenet_client() -> Iterator[DreamClient]:
+    """A client of a real server of googlenet-bvlc, exported into a temporary folder."""
     # The server's event loop runs in a thread of its own; the client calls it from here.
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -93,14 +106,11 @@ def main() -> int:
         try:
             on_loop(server.load())
             with DreamClient(f"127.0.0.1:{port}") as client:
-                for name, options in PICTURES.items():
-                    path = thumbnail(final_picture(client, options), name)
-                    print(f"{path} ({path.stat().st_size // 1024} KB)")
+                yield client
         finally:
             on_loop(server.stop(grace=None))
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
-    return 0
 
 
 if __name__ == "__main__":

@@ -292,7 +292,7 @@ def test_a_huge_dream_comes_back_whole_and_the_servers_memory_follows_the_tile(
     with open(log, "w") as log_file:
         server = subprocess.Popen(
             [*CLI, "serve", "--models", str(models), "--host", "127.0.0.1",
-             "--port", "0", "--device", "cpu"],
+             "--port", "0", "--device", "cpu", "--max-input-pixels", str(side * side)],
             stderr=log_file,
         )  # fmt: skip
     try:
