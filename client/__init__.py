@@ -22,7 +22,17 @@ from dreamstream.client.errors import (
     ServerUnavailable,
     Unauthenticated,
 )
-from dreamstream.client.events import ClassProbability, DreamEvent, Frame, LayerInfo, ModelInfo, Progress, Started
+from dreamstream.client.events import (
+    ClassProbability,
+    DreamEvent,
+    Frame,
+    LayerInfo,
+    ModelInfo,
+    ModelListing,
+    Progress,
+    Started,
+    UnavailableModelInfo,
+)
 
 __all__ = [
     "AnimationFrame",
@@ -40,6 +50,7 @@ __all__ = [
     "InvalidRequest",
     "LayerInfo",
     "ModelInfo",
+    "ModelListing",
     "ModelNotFound",
     "ModelUnavailable",
     "Progress",
@@ -47,4 +58,5 @@ __all__ = [
     "ServerUnavailable",
     "Started",
     "Unauthenticated",
+    "UnavailableModelInfo",
 ]

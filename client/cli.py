@@ -415,8 +415,8 @@ def write_gif(frames: list[Frame], path: Path) -> None:
 @reports_server_errors
 def run_models(args: argparse.Namespace) -> int:
     with client_for(args) as client:
-        models = client.models()
-    for model in models:
+        listing = client.model_listing()
+    for model in listing.models:
         default = " (default)" if model.default else ""
         sides = f"sides {model.min_size} to {model.max_size} px"
         if model.max_untiled_size:
@@ -424,4 +424,6 @@ def run_models(args: argparse.Namespace) -> int:
         guide = ", guided dreams" if model.supports_guide else ""
         print(f"{model.name}{default}: {model.backbone}, {sides}{guide}")
         print("\n".join(layer_table(model.layers, model.default_layers, indent="  ")))
+    for refused in listing.unavailable:
+        print(f"{refused.name}: not served ({refused.problem})")
     return 0

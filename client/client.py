@@ -28,9 +28,10 @@ from dreamstream.client.events import (
     ClassProbability,
     DreamEvent,
     ModelInfo,
+    ModelListing,
     classes_from_response,
     event_from_response,
-    models_from_response,
+    listing_from_response,
 )
 from dreamstream.client.retries import RetryListener, RetryPolicy
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
@@ -240,7 +241,11 @@ class DreamClient(AnimationCalls):
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server can dream with."""
-        return models_from_response(self._unary(self._stub.ListModels, dream_pb2.ListModelsRequest(), timeout))
+        return self.model_listing(timeout=timeout).models
+
+    def model_listing(self, *, timeout: float | None = None) -> ModelListing:
+        """The models the server can dream with, and the model folders it refused to load."""
+        return listing_from_response(self._unary(self._stub.ListModels, dream_pb2.ListModelsRequest(), timeout))
 
     def classify(
         self, image: ImageInput, *, model: str = "", top: int = 0, timeout: float | None = None
@@ -325,7 +330,12 @@ class AsyncDreamClient(AsyncAnimationCalls):
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server can dream with."""
-        return models_from_response(await self._unary(self._stub.ListModels, dream_pb2.ListModelsRequest(), timeout))
+        return (await self.model_listing(timeout=timeout)).models
+
+    async def model_listing(self, *, timeout: float | None = None) -> ModelListing:
+        """The models the server can dream with, and the model folders it refused to load."""
+        request = dream_pb2.ListModelsRequest()
+        return listing_from_response(await self._unary(self._stub.ListModels, request, timeout))
 
     async def classify(
         self, image: ImageInput, *, model: str = "", top: int = 0, timeout: float | None = None

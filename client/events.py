@@ -171,6 +171,27 @@ def classes_from_response(response: dream_pb2.ClassifyResponse) -> list[ClassPro
     return [ClassProbability(cls.label, cls.probability, cls.index) for cls in response.classes]
 
 
+@dataclass(frozen=True)
+class UnavailableModelInfo:
+    """A model folder the server found but does not serve, and why."""
+
+    name: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    """What ListModels says: the models served, and the folders refused at start-up."""
+
+    models: list[ModelInfo]
+    unavailable: list[UnavailableModelInfo]
+
+
+def listing_from_response(response: dream_pb2.ListModelsResponse) -> ModelListing:
+    unavailable = [UnavailableModelInfo(model.name, model.problem) for model in response.unavailable_models]
+    return ModelListing(models_from_response(response), unavailable)
+
+
 def models_from_response(response: dream_pb2.ListModelsResponse) -> list[ModelInfo]:
     return [
         ModelInfo(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dreamstream.cli import main
 from dreamstream.client import DreamClient, Frame, ModelUnavailable
 from dreamstream.modeldir import MANIFEST_FILE
 from dreamstream.server.app import model_health_name
@@ -82,7 +84,7 @@ def test_broken_model_folders_are_refused_with_one_log_line_each_and_the_good_on
         assert len(lines) == 1 and "\n" not in lines[0] and problem in lines[0], lines
 
 
-def test_listmodels_and_health_say_which_models_serve(start_server, mixed_models: Path) -> None:
+def test_listmodels_health_and_the_cli_say_which_models_serve(start_server, mixed_models: Path, capsys) -> None:
     server = start_server(ModelRepository(mixed_models, device="cpu"))
     with grpc.insecure_channel(server.target) as channel:
         listing = dream_pb2_grpc.DreamServiceStub(channel).ListModels(dream_pb2.ListModelsRequest(), timeout=10)
@@ -97,7 +99,12 @@ def test_listmodels_and_health_say_which_models_serve(start_server, mixed_models
 
         assert status(model_health_name("efficientnet-lite0")) == health_pb2.HealthCheckResponse.SERVING
         assert status(model_health_name("flipped")) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert main(["models", "--server", server.target]) == 0
+    printed = capsys.readouterr().out
+    assert "efficientnet-lite0 (default)" in printed
+    assert re.search(r"^flipped: not served \(.*weights_sha256", printed, re.MULTILINE)
     with DreamClient(server.target) as client:
+        assert {model.name for model in client.model_listing().unavailable} == set(REFUSED)
         events = list(client.dream(None, width=64, height=48, octaves=1, steps_per_octave=1))
         assert isinstance(events[-1], Frame) and events[-1].final
         with pytest.raises(ModelUnavailable, match="model 'escapes' is not served: graph .* outside"):
