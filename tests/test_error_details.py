@@ -52,7 +52,7 @@ SMALL = {"max_size": 64, "octaves": 2, "steps_per_octave": 2}
         ({"octave_scale": 9.0}, InvalidRequest, "OUT_OF_RANGE", "octave_scale"),
         ({"max_size": 100_000}, InvalidRequest, "OUT_OF_RANGE", "max_size"),
         ({"image": b"not a picture"}, InvalidRequest, "BAD_IMAGE", "image"),
-        ({"image": None, "width": 8000, "height": 64}, InvalidRequest, "IMAGE_TOO_LARGE", "max_size"),
+        ({"image": None, "width": 9000, "height": 64}, InvalidRequest, "IMAGE_TOO_LARGE", "max_size"),
         ({"model": "nope"}, ModelNotFound, "UNKNOWN_MODEL", "model"),
     ],
 )
