@@ -155,6 +155,11 @@ def test_prometheus_scrapes_the_dreams_the_container_ran(container: Container) -
     samples = scrape(f"http://127.0.0.1:{container.metrics_port}/metrics")
     assert dreams_total(samples) >= 1
     assert samples[("dreamstream_inflight_dreams", ())] == 0
+    assert samples[("dreamstream_queued_dreams", ())] == 0
+    names = {name for name, _ in samples}
+    for histogram in ("dream_seconds", "queue_wait_seconds", "first_frame_seconds"):
+        assert f"dreamstream_{histogram}_count" in names
+    assert "dreamstream_steps_total" in names
 
 
 def test_the_models_exported_at_build_time_are_served(container: Container, image: BuiltImage) -> None:
