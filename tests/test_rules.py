@@ -473,6 +473,22 @@ CASES = [
         lambda x: x.reshape(x.shape[0], 2, 2, *x.shape[2:]).transpose(1, 2).reshape(x.shape) * 2,
     ),
     Case(
+        "relu6_as_min_of_max",  # how some converters write ReLU6
+        lambda g, x: g.op("Min", g.op("Max", g.op("Mul", x, g.const(8.0)), g.const(0.0)), g.const(6.0)),
+        lambda x: F.relu6(x * 8),
+        kinks=(0.0, 0.75),
+    ),
+    Case(
+        "max_of_two_active",
+        lambda g, x: g.op("Max", x, g.op("Neg", x)),
+        lambda x: torch.maximum(x, -x),
+    ),
+    Case(
+        "mean_of_three",
+        lambda g, x: g.op("Mean", x, g.op("Relu", x), g.op("Mul", x, x)),
+        lambda x: (x + F.relu(x) + x * x) / 3,
+    ),
+    Case(
         "flatten_reshape_transpose",
         lambda g, x: g.op("Transpose", g.op("Flatten", g.op("Identity", x), axis=1), perm=[1, 0]),
         lambda x: x.flatten(1).t(),

@@ -65,6 +65,9 @@ RULES: dict[str, OpRule] = {
     "Mul": OpRule(arithmetic.mul),
     "Div": OpRule(arithmetic.div),
     "Neg": OpRule(arithmetic.neg),
+    "Mean": OpRule(arithmetic.mean),
+    "Max": OpRule(arithmetic.extremum),
+    "Min": OpRule(arithmetic.extremum),
     # moving values around
     "Identity": OpRule(shapes.identity),
     "Dropout": OpRule(shapes.identity),

@@ -1,8 +1,10 @@
-"""Broadcasting arithmetic: Add, Sub, Sum, Mul, Div, Neg; a gradient is summed back over broadcast axes."""
+"""Broadcasting arithmetic: Add, Sub, Sum, Mean, Mul, Div, Neg, Max, Min; a gradient is summed back over
+broadcast axes."""
 
 from __future__ import annotations
 
 import onnx
+from onnx import TensorProto
 
 from dreamstream.export.rules.context import Grads, RuleContext, unbroadcast
 
@@ -42,3 +44,19 @@ def div(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> 
 
 def neg(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
     return {0: ctx.builder.op("Neg", dy[0], hint="neg_grad")}
+
+
+def mean(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    share = ctx.builder.op("Mul", dy[0], ctx.builder.const(1.0 / len(node.input)), hint="mean_share")
+    return {index: unbroadcast(ctx, node, share, node.input[index], node.output[0]) for index in wanted}
+
+
+def extremum(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
+    """Max and Min of several inputs: the gradient goes to the inputs equal to the result, shared
+    evenly where several are (as torch's maximum and minimum do at ties)."""
+    g = ctx.builder
+    y = node.output[0]
+    hits = [g.op("Cast", g.op("Equal", name, y), hint="extremum_hit", to=TensorProto.FLOAT) for name in node.input]
+    count = hits[0] if len(hits) == 1 else g.op("Sum", *hits, hint="extremum_count")
+    share = g.op("Div", dy[0], count, hint="extremum_share")
+    return {index: unbroadcast(ctx, node, g.op("Mul", share, hits[index]), node.input[index], y) for index in wanted}
