@@ -77,3 +77,12 @@ def test_benchmarks_help_documents_every_option():
     assert done.returncode == 0, done.stderr
     for option in ("--quick", "--repeats", "--out", "--models", "--threads", "--parts", "--growth-sizes"):
         assert option in done.stdout
+
+
+def test_the_warm_start_benchmark_measures_both_sides_in_fresh_processes(lite0_dir: Path):
+    sample = REPO / "samples" / "coffee.jpg"
+    options = {"--models": lite0_dir.parent, "--image": sample, "--size": 64, "--repeats": 1, "--device": "cpu"}
+    done = run_module("benchmarks.warm_start", *(str(part) for item in options.items() for part in item))
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| without |", "| with |"))]
+    assert len(rows) == 2 and all(line.count(" s ") == 4 for line in rows), done.stdout
