@@ -299,7 +299,8 @@ def test_a_huge_dream_comes_back_whole_and_the_servers_memory_follows_the_tile(
     with open(log, "w") as log_file:
         server = subprocess.Popen(
             [*CLI, "serve", "--models", str(models), "--host", "127.0.0.1",
-             "--port", "0", "--device", "cpu", "--max-input-pixels", str(side * side), "--max-dream-seconds", "3600"],
+             "--port", "0", "--device", "cpu", "--max-input-pixels", str(side * side), "--max-dream-seconds", "3600",
+             "--max-connection-age-grace", "3600"],
             stderr=log_file,
         )  # fmt: skip
     try:
