@@ -34,6 +34,7 @@ from dreamstream.server.engine import (
     Step,
 )
 from dreamstream.server.engine.classify import Classification, classify
+from dreamstream.server.engine.limits import decode_memory
 from dreamstream.server.engine.request import ChannelMode
 from dreamstream.server.engine.tiling import MAX_TILED_SIDE
 from dreamstream.server.error_status import error_status
@@ -416,13 +417,28 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
         try:
             if not self._engine.models.loaded:
                 raise NotReady("the server is still loading its models; retry in a moment")
-            # One forward pass at the network's own size: off the event loop, with no dream slot.
-            result = await asyncio.to_thread(
-                classify, self._engine.models, request.image, request.model, request.top or None, self._engine.limits
-            )
+            result = await self._classify(request)
         except Exception as error:
             await _abort(context, error, request_id)
         return classify_message(result)
+
+    async def _classify(self, request: dream_pb2.ClassifyRequest) -> Classification:
+        """One forward pass at the network's own size, off the event loop.
+
+        Decoding a picture can cost hundreds of MB, so a classification takes a slot (and
+        its decoding's share of the memory budget) from the same admission as the dreams:
+        a burst of them waits in the same bounded line, or is refused as Busy.
+        """
+        header = imaging.probe(request.image, self._engine.limits.max_input_pixels) if request.image else None
+        memory = decode_memory(header.width * header.height) if header else 0
+        await self._admission.acquire(memory)
+        try:
+            limits = self._engine.limits
+            return await asyncio.to_thread(
+                classify, self._engine.models, request.image, request.model, request.top or None, limits
+            )
+        finally:
+            self._admission.release(memory)
 
     async def Dream(self, request: dream_pb2.DreamRequest, context: grpc.aio.ServicerContext) -> None:
         record = DreamRecord(_call_request_id(context))

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import shared_image
+from conftest import shared_image, wait_until_still
 from PIL import Image
 
 from dreamstream.cli import main
-from dreamstream.client import AsyncDreamClient, DreamClient, InvalidRequest, ModelUnavailable
+from dreamstream.client import AsyncDreamClient, DreamClient, InvalidRequest, ModelUnavailable, Progress, ServerBusy
 from dreamstream.client.contact_sheet import LABEL_HEIGHT, MARGIN, contact_sheet
 from dreamstream.modeldir import MANIFEST_FILE, read_manifest
 from dreamstream.server.engine.classify import classify
@@ -170,3 +170,20 @@ def test_the_contact_sheet_puts_each_picture_over_its_label_on_an_even_grid() ->
         assert (label < 128).any()  # the label is written under its picture
     with pytest.raises(ValueError, match="at least one picture"):
         contact_sheet([])
+
+
+def test_a_classification_waits_in_the_dreams_line_so_a_burst_cannot_outgrow_the_server(
+    start_server, repository, chelsea: Path
+) -> None:
+    # Decoding a picture costs memory before the network runs: a Classify takes a slot
+    # of the same bounded admission as the dreams, so with the only slot dreaming and no
+    # room to wait, it is refused instead of decoding beside the dream.
+    tight = start_server(repository, max_concurrent=1, max_queue=0)
+    with DreamClient(tight.target) as dreamer, DreamClient(tight.target) as classifier:
+        running = dreamer.dream(chelsea, max_size=64, octaves=1, steps_per_octave=1000)
+        assert isinstance(next(event for event in running if isinstance(event, Progress)), Progress)
+        with pytest.raises(ServerBusy, match="busy"):
+            classifier.classify(chelsea)
+        running.close()
+        wait_until_still(lambda: tight.server.engine.steps_run)
+        assert classifier.classify(chelsea, top=1)[0].label == CAT
