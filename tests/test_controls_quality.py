@@ -18,9 +18,9 @@ import pytest
 from conftest import shared_image
 from PIL import Image
 
+from benchmarks.controls import channel_means_of
 from dreamstream.cli import main
 from dreamstream.client import AsyncDreamClient, DreamClient, Frame
-from dreamstream.modeldir import CHANNEL_MEANS, CHANNEL_WEIGHTS, IMAGE, LAYER_WEIGHTS
 from dreamstream.server.engine.colours import to_ycbcr
 from dreamstream.server.models import ModelRepository
 
@@ -73,23 +73,7 @@ def plain(bvlc_server: Any, photo: Path) -> np.ndarray:
 @pytest.fixture(scope="session")
 def layer_means(bvlc_repository: ModelRepository) -> Callable[[np.ndarray], np.ndarray]:
     """Channel means of inception_4c/output for an HxWx3 picture, from the model's own gradient graph."""
-    model = bvlc_repository.get("googlenet-bvlc")
-    manifest = model.manifest
-    session = model.session(model.graph_for({LAYER: 1.0}))
-    layer = manifest.layer(LAYER)
-    layer_weights = np.zeros(len(manifest.layers), np.float32)
-    layer_weights[manifest.layer_index(LAYER)] = 1.0
-
-    def means(picture: np.ndarray) -> np.ndarray:
-        feeds = {
-            IMAGE: np.ascontiguousarray(picture.transpose(2, 0, 1)[None], np.float32),
-            LAYER_WEIGHTS: layer_weights,
-            CHANNEL_WEIGHTS: np.ones(manifest.channel_total, np.float32),
-        }
-        (all_means,) = session.run([CHANNEL_MEANS], feeds)
-        return all_means[0, layer.channel_offset : layer.channel_offset + layer.channels]
-
-    return means
+    return channel_means_of(bvlc_repository.get("googlenet-bvlc"))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
