@@ -23,21 +23,20 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from typing import TYPE_CHECKING
 
 import grpc
 
 from dreamstream.server import imaging
+from dreamstream.server.admission import Admission, Control
 from dreamstream.server.engine import DreamCancelled, DreamEngine
 from dreamstream.server.engine.video import BlendMode, DreamedFrame, VideoDreamer, VideoSpec, plan_video
 from dreamstream.server.engine.zoom import ZoomSpec, plan_zoom, zoom_frames
+from dreamstream.server.error_status import abort, call_request_id
 from dreamstream.server.memory import give_back_free_memory
+from dreamstream.server.messages import spec_from_request
 from dreamstream.server.refusals import InvalidRequest, NotReady
 from dreamstream.v1 import dream_pb2
 from dreamstream.wire import ImageFormat
-
-if TYPE_CHECKING:
-    from dreamstream.server.service import Admission, _Control
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +50,7 @@ ZOOM_WINDOW = 4  # zoom frames made ahead of the client
 _END = object()
 
 
-# `service` imports this module for DreamService's base class, so this module imports
-# `service`'s converters and status mapping where it uses them, not at the top.
-
-
 def video_spec_from_settings(settings: dream_pb2.VideoSettings) -> VideoSpec:
-    from dreamstream.server.service import spec_from_request
 
     if settings.blend_mode not in _BLEND_MODES:
         raise InvalidRequest(
@@ -73,7 +67,6 @@ def video_spec_from_settings(settings: dream_pb2.VideoSettings) -> VideoSpec:
 
 
 def zoom_spec_from_request(request: dream_pb2.ZoomRequest) -> ZoomSpec:
-    from dreamstream.server.service import spec_from_request
 
     return ZoomSpec(
         dream=spec_from_request(request.dream),
@@ -161,7 +154,7 @@ class AnimationCalls:
 
     _engine: DreamEngine
     _admission: Admission
-    _controls: set[_Control]
+    _controls: set[Control]
     _dreamers: ThreadPoolExecutor
     _imaging: ThreadPoolExecutor
     _send: Callable[[grpc.aio.ServicerContext, object], Awaitable[None]]
@@ -169,9 +162,8 @@ class AnimationCalls:
     async def DreamVideo(
         self, request_iterator: AsyncIterator[dream_pb2.DreamVideoRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        from dreamstream.server.service import _abort, _call_request_id
 
-        request_id = _call_request_id(context)
+        request_id = call_request_id(context)
         reader = None
         try:
             self._check_loaded()
@@ -198,15 +190,14 @@ class AnimationCalls:
                 async for frame in frames:
                     await self._send(context, dream_pb2.DreamVideoResponse(frame=frame))
         except Exception as error:
-            await _abort(context, error, request_id)
+            await abort(context, error, request_id)
         finally:
             if reader is not None:
                 reader.cancel()
 
     async def Zoom(self, request: dream_pb2.ZoomRequest, context: grpc.aio.ServicerContext) -> None:
-        from dreamstream.server.service import _abort, _call_request_id
 
-        request_id = _call_request_id(context)
+        request_id = call_request_id(context)
         try:
             self._check_loaded()
             plan = plan_zoom(zoom_spec_from_request(request), self._engine)
@@ -222,7 +213,7 @@ class AnimationCalls:
                 async for frame in frames:
                     await self._send(context, dream_pb2.ZoomResponse(frame=frame))
         except Exception as error:
-            await _abort(context, error, request_id)
+            await abort(context, error, request_id)
 
     def _check_loaded(self) -> None:
         if not self._engine.models.loaded:
@@ -243,12 +234,11 @@ class AnimationCalls:
         `sent` is called after each frame is written; `stop` when the stream ends for any
         reason, to wake a worker waiting for input or for room in the window.
         """
-        from dreamstream.server.service import _Control
 
         await self._admission.acquire(memory)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[object] = asyncio.Queue()
-        control = _Control()
+        control = Control()
         cancel = control.cancel
 
         def put(item: object) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health
 
+from dreamstream.server.error_status import abort, call_request_id
 from dreamstream.server.refusals import Unauthenticated
 
 AUTHORIZATION = "authorization"
@@ -105,10 +106,9 @@ _UNAUTHENTICATED = "send a valid token as `authorization: Bearer <token>` metada
 def _refusing(handler: grpc.RpcMethodHandler, refusal: Unauthenticated) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that answers UNAUTHENTICATED, with the details every
     error status carries."""
-    from dreamstream.server.service import _abort, _call_request_id  # the one place statuses are made
 
     async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
-        await _abort(context, refusal, _call_request_id(context))
+        await abort(context, refusal, call_request_id(context))
 
     options = {
         "request_deserializer": handler.request_deserializer,

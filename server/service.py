@@ -1,10 +1,11 @@
 """The gRPC adapter: proto -> DreamSpec -> plan -> engine -> frames -> proto.
 
-Each arrow is one function: `spec_from_request` converts the message, the
-engine's planning step checks it (all validation and defaults live there),
-`progress_message` and `frame_message` convert the events back, and `status_of`
-turns every refusal into its status in one place. The engine knows nothing of
-gRPC; this module decides nothing about dreams.
+Each arrow is one function: `messages.spec_from_request` converts the message,
+the engine's planning step checks it (all validation and defaults live there),
+`messages.progress_message` and `frame_message` convert the events back, and
+`error_status.abort` ends a refused call with its status and details, chosen in
+one place. `admission` decides who runs now. The engine knows nothing of gRPC;
+this module decides nothing about dreams.
 
 The ascent runs in a worker thread (ONNX Runtime releases the GIL), frames are
 encoded in another pool so that encoding never holds the ascent up, and the
@@ -14,278 +15,46 @@ event loop only moves events from the worker to the stream.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
 from dreamstream.server import imaging
+from dreamstream.server.admission import Admission, Control
 from dreamstream.server.animations import AnimationCalls
 from dreamstream.server.engine import (
     DreamCancelled,
     DreamEngine,
     DreamPlan,
-    DreamSpec,
     Octave,
     Step,
 )
 from dreamstream.server.engine.classify import Classification, classify
 from dreamstream.server.engine.limits import decode_memory
-from dreamstream.server.engine.request import ChannelMode
 from dreamstream.server.engine.tiling import MAX_TILED_SIDE
-from dreamstream.server.error_status import error_status
+from dreamstream.server.error_status import abort, call_request_id, status_of
 from dreamstream.server.memory import give_back_free_memory
+from dreamstream.server.messages import (
+    classify_message,
+    frame_message,
+    progress_message,
+    spec_from_request,
+    started_message,
+)
 from dreamstream.server.refusals import (
-    Busy,
     Draining,
-    InvalidRequest,
     NotReady,
-    Refusal,
-    RefusalKind,
     SlowReader,
 )
-from dreamstream.server.request_ids import request_id_of
 from dreamstream.server.running import RunningDreams
 from dreamstream.server.telemetry import DreamRecord, Telemetry
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
-from dreamstream.wire import REQUEST_ID_METADATA, UnknownFormat, format_of_enum
 
 log = logging.getLogger(__name__)
-
-# The one place a refusal's kind becomes a status; anything that is no Refusal is INTERNAL.
-_STATUS_OF_KIND = {
-    RefusalKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
-    RefusalKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    RefusalKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    RefusalKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    RefusalKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
-    RefusalKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-}
-
-
-def status_of(error: Exception) -> grpc.StatusCode:
-    """The status a refusal is answered with: the one place that decides it."""
-    if isinstance(error, Refusal):
-        return _STATUS_OF_KIND[error.kind]
-    return grpc.StatusCode.INTERNAL
-
-
-_CHANNEL_MODES = {
-    dream_pb2.CHANNEL_MODE_UNSPECIFIED: None,
-    dream_pb2.CHANNEL_MODE_STRONGEST: ChannelMode.STRONGEST,
-    dream_pb2.CHANNEL_MODE_WEAKEST: ChannelMode.WEAKEST,
-    dream_pb2.CHANNEL_MODE_AVERAGE: ChannelMode.AVERAGE,
-}
-
-
-def spec_from_request(request: dream_pb2.DreamRequest) -> DreamSpec:
-    """The request as the engine's DreamSpec: the proto's zeros become None ("the default")."""
-    try:
-        frame_format = format_of_enum(request.format)
-    except UnknownFormat as error:
-        raise InvalidRequest(str(error), field="format") from None
-    if request.channel_mode not in _CHANNEL_MODES:
-        raise InvalidRequest(
-            f"unknown channel_mode {request.channel_mode}: use strongest, weakest or average", field="channel_mode"
-        )
-    return DreamSpec(
-        image=request.image or None,
-        noise_size=(request.height, request.width) if (request.width or request.height) else None,
-        model=request.model,
-        layers=dict(request.layers) or None,
-        octaves=request.octaves or None,
-        octave_scale=request.octave_scale or None,
-        steps_per_octave=request.steps_per_octave or None,
-        step_size=request.step_size or None,
-        jitter=request.jitter if request.HasField("jitter") else None,
-        seed=request.seed,
-        max_size=request.max_size or None,
-        frame_format=frame_format,
-        guide=request.guide or None,
-        channels={layer: tuple(chosen.channels) for layer, chosen in request.channels.items()} or None,
-        channel_mode=_CHANNEL_MODES[request.channel_mode],
-        channel_count=request.channel_count or None,
-        rank_channels_per_octave=request.rank_channels_per_octave,
-        original_colors=request.original_colors,
-        lap_levels=request.lap_levels or None,
-        tv_weight=request.tv_weight or None,
-        octaves_above=request.octaves_above or None,
-        return_largest=request.return_largest,
-        repeat=request.repeat or None,
-        tile_size=request.tile_size or None,
-        tile_overlap=request.tile_overlap if request.HasField("tile_overlap") else None,
-    )
-
-
-def classify_message(result: Classification) -> dream_pb2.ClassifyResponse:
-    return dream_pb2.ClassifyResponse(
-        model=result.model,
-        classes=[
-            dream_pb2.ClassProbability(label=cls.label, probability=cls.probability, index=cls.index)
-            for cls in result.classes
-        ],
-    )
-
-
-def started_message(plan: DreamPlan, request_id: str) -> dream_pb2.DreamResponse:
-    params = plan.params
-    return dream_pb2.DreamResponse(
-        started=dream_pb2.DreamStarted(
-            request_id=request_id,
-            model=plan.model.name,
-            layers=dict(params.layers),
-            octave_sizes=[dream_pb2.ImageSize(width=width, height=height) for height, width in plan.sizes],
-            octave_scale=params.octave_scale,
-            steps_per_octave=params.steps_per_octave,
-            step_size=params.step_size,
-            jitter=params.jitter,
-            seed=params.seed,
-            format=plan.frame_format.enum,
-            output_size=dream_pb2.ImageSize(width=plan.size[1], height=plan.size[0]),
-        )
-    )
-
-
-def progress_message(step: Step) -> dream_pb2.DreamResponse:
-    return dream_pb2.DreamResponse(
-        progress=dream_pb2.Progress(
-            octave=step.octave,
-            octaves=step.octaves,
-            step=step.step,
-            steps_per_octave=step.steps,
-            loss=step.loss,
-            elapsed_seconds=step.elapsed,
-            done=step.done,
-            round=step.round,
-            tiles=step.tiles,
-        )
-    )
-
-
-def frame_message(octave: Octave, data: bytes, plan: DreamPlan) -> dream_pb2.DreamResponse:
-    height, width = octave.image.shape[:2]
-    return dream_pb2.DreamResponse(
-        frame=dream_pb2.Frame(
-            octave=octave.octave,
-            octaves=octave.octaves,
-            width=width,
-            height=height,
-            image=data,
-            format=plan.frame_format.enum,
-            final=octave.final,
-            round=octave.round,
-        )
-    )
-
-
-class Admission:
-    """At most `running` dreams at once, taking at most `memory_budget` bytes together, and
-    `waiting` more in line, first come first served; beyond that, Busy. While draining,
-    Draining for new and waiting dreams alike.
-
-    A slot is given back only when its worker thread has really stopped, so a
-    cancelled dream's last step still counts against the limit. `retry_after` says
-    when a refused caller should come back (None: no estimate).
-    """
-
-    def __init__(
-        self,
-        running: int,
-        waiting: int,
-        memory_budget: int | None = None,
-        retry_after: Callable[[], float | None] = lambda: None,
-    ) -> None:
-        self._running_limit = running
-        self._waiting_limit = waiting
-        self._memory_budget = memory_budget
-        self._retry_after = retry_after
-        self._running = 0
-        self._memory = 0  # bytes the running dreams are expected to take
-        self._waiters: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
-        self._draining = False
-        self._idle: asyncio.Event | None = None
-
-    @property
-    def running(self) -> int:
-        return self._running
-
-    async def acquire(self, memory: int = 0) -> None:
-        """Wait for a slot (and `memory` bytes of the budget); raises Busy or Draining."""
-        if self._draining:
-            raise _draining()
-        if not self._waiters and self._fits(memory):
-            self._take(memory)
-            return
-        if len(self._waiters) >= self._waiting_limit:
-            raise Busy(
-                f"the server is busy: {self._running} dream(s) running and {len(self._waiters)} waiting; retry later",
-                retry_after=self._retry_after(),
-            )
-        waiter = asyncio.get_running_loop().create_future()
-        entry = (waiter, memory)
-        self._waiters.append(entry)
-        log.info("dream waits for a slot: %d running, %d waiting", self._running, len(self._waiters))
-        try:
-            await waiter
-        except BaseException:
-            if entry in self._waiters:
-                self._waiters.remove(entry)
-            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.release(memory)  # granted just as the caller went away
-            raise
-
-    def release(self, memory: int = 0) -> None:
-        self._running -= 1
-        self._memory -= memory
-        self._grant()
-        if self._running == 0 and self._idle is not None:
-            self._idle.set()
-
-    def drain(self) -> None:
-        """Refuse new dreams and end every waiting one with Draining at once."""
-        self._draining = True
-        while self._waiters:
-            waiter, _ = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(_draining())
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Whether every running dream ended within `timeout` seconds."""
-        if self._running == 0:
-            return True
-        self._idle = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    def _fits(self, memory: int) -> bool:
-        if self._running >= self._running_limit:
-            return False
-        # One dream always runs: planning refused any that alone is above the budget.
-        return self._memory_budget is None or self._running == 0 or self._memory + memory <= self._memory_budget
-
-    def _take(self, memory: int) -> None:
-        self._running += 1
-        self._memory += memory
-
-    def _grant(self) -> None:
-        while self._waiters and self._fits(self._waiters[0][1]):
-            waiter, memory = self._waiters.popleft()
-            if waiter.done():  # its caller went away
-                continue
-            self._take(memory)
-            waiter.set_result(None)
-
-
-def _draining() -> Draining:
-    return Draining("the server is shutting down and takes no new dream: retry (another replica)")
-
 
 _DONE = object()
 
@@ -301,39 +70,6 @@ STREAM_BUFFER = 4
 # Seconds a stream may wait for its reader to take the next message before the
 # dream is stopped and its slot freed (`serve --reader-timeout`).
 READER_TIMEOUT = 60.0
-
-
-class _Control:
-    """How the server stops one admitted dream: the flag its worker checks, and the refusal to end it with."""
-
-    def __init__(self) -> None:
-        self.cancel = threading.Event()
-        self.stopped_by: Refusal | None = None
-
-    def stop(self, refusal: Refusal) -> None:
-        self.stopped_by = refusal
-        self.cancel.set()
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, request_id: str) -> None:
-    """End the call with the status `status_of` gives `error`, its details attached; failures are
-    logged whole."""
-    code = status_of(error)
-    if code == grpc.StatusCode.INTERNAL:
-        log.error("dream %s failed", request_id, exc_info=error)
-        message = f"the dream failed: {error}"
-    else:
-        log.info("refused %s (%s): %s", request_id, code.name, error)
-        message = str(error)
-    status = error_status(code, message, error, request_id)
-    await context.abort(status.code, status.details, (*status.trailing_metadata, (REQUEST_ID_METADATA, request_id)))
-
-
-def _call_request_id(context: grpc.aio.ServicerContext) -> str:
-    """The call's request id (see request_ids), also returned in its trailing metadata."""
-    request_id = request_id_of(context.invocation_metadata())
-    context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
-    return request_id
 
 
 class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
@@ -355,7 +91,7 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
             max_concurrent, max_queue, engine.limits.memory_budget, self._running.seconds_until_one_ends
         )
         self._reader_timeout = reader_timeout
-        self._controls: set[_Control] = set()
+        self._controls: set[Control] = set()
         self._dreamers = ThreadPoolExecutor(max_concurrent, thread_name_prefix="dream")
         self._imaging = ThreadPoolExecutor(2, thread_name_prefix="imaging")
 
@@ -384,8 +120,8 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
     ) -> dream_pb2.ListModelsResponse:
         models = self._engine.models
         if not models.loaded:
-            request_id = _call_request_id(context)
-            await _abort(context, NotReady("the server is still loading its models; retry in a moment"), request_id)
+            request_id = call_request_id(context)
+            await abort(context, NotReady("the server is still loading its models; retry in a moment"), request_id)
         return dream_pb2.ListModelsResponse(
             models=[
                 dream_pb2.Model(
@@ -413,13 +149,13 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
     async def Classify(
         self, request: dream_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> dream_pb2.ClassifyResponse:
-        request_id = _call_request_id(context)
+        request_id = call_request_id(context)
         try:
             if not self._engine.models.loaded:
                 raise NotReady("the server is still loading its models; retry in a moment")
             result = await self._classify(request)
         except Exception as error:
-            await _abort(context, error, request_id)
+            await abort(context, error, request_id)
         return classify_message(result)
 
     async def _classify(self, request: dream_pb2.ClassifyRequest) -> Classification:
@@ -441,7 +177,7 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
             self._admission.release(memory)
 
     async def Dream(self, request: dream_pb2.DreamRequest, context: grpc.aio.ServicerContext) -> None:
-        record = DreamRecord(_call_request_id(context))
+        record = DreamRecord(call_request_id(context))
         try:
             if not self._engine.models.loaded:
                 raise NotReady("the server is still loading its models; retry in a moment")
@@ -460,7 +196,7 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
         except Exception as error:
             # Recorded before the caller hears of it, as a finished dream is.
             self._telemetry.ended(record, status_of(error).name)
-            await _abort(context, error, record.request_id)
+            await abort(context, error, record.request_id)
         else:
             self._telemetry.ended(record, grpc.StatusCode.OK.name)
 
@@ -491,7 +227,7 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[object] = asyncio.Queue()
         room = threading.Semaphore(STREAM_BUFFER)
-        control = _Control()
+        control = Control()
         cancel = control.cancel
 
         def put(item: object, wait: bool = True) -> None:

@@ -29,12 +29,11 @@ from dreamstream.client.errors import ErrorDetails, details_of
 from dreamstream.client.events import event_from_response
 from dreamstream.client.retries import BACKOFF_SECONDS, RetryPolicy
 from dreamstream.server.engine import Step
-from dreamstream.server.error_status import error_status
+from dreamstream.server.error_status import error_status, status_of
 from dreamstream.server.models import DEFAULT_MODEL, ModelRepository
 from dreamstream.server.refusals import Draining
 from dreamstream.server.request_ids import request_id_of
 from dreamstream.server.running import RunningDreams
-from dreamstream.server.service import status_of
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,7 +214,7 @@ def test_the_request_id_comes_back_in_the_trailing_metadata(server) -> None:
 def test_the_request_id_names_the_dream_and_the_refusal_in_the_server_log(
     client: DreamClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="dreamstream.server.service"):
+    with caplog.at_level(logging.INFO, logger="dreamstream.server"):
         list(client.dream(PICTURE, request_id="logged-dream", **SMALL))
         with pytest.raises(InvalidRequest):
             list(client.dream(PICTURE, request_id="logged-refusal", octaves=99))

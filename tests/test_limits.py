@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from dreamstream.client import DreamClient, Frame, InvalidRequest, ModelNotFound, ServerBusy
+from dreamstream.server.admission import Admission
 from dreamstream.server.engine import DreamEngine
 from dreamstream.server.engine.limits import Limits
 from dreamstream.server.refusals import Busy, Draining
-from dreamstream.server.service import Admission
 
 NOISE = {"width": 64, "height": 48, "octaves": 1, "steps_per_octave": 1}
 
