@@ -150,25 +150,8 @@ def test_cli_layers_of_a_directory_that_is_no_model(tmp_path):
 
 
 def test_cli_refuses_an_op_without_a_rule_naming_it_and_what_to_do(tmp_path):
-    rng = np.random.default_rng(0)
-    weights = [
-        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
-        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "w2"),
-    ]
-    nodes = [
-        onnx.helper.make_node("Conv", ["data", "w1"], ["c1"], name="conv1", kernel_shape=[3, 3]),
-        onnx.helper.make_node("LpNormalization", ["c1"], ["n1"], name="odd_norm", axis=1),
-        onnx.helper.make_node("Conv", ["n1", "w2"], ["c2"], name="conv2", kernel_shape=[3, 3]),
-    ]
-    graph = onnx.helper.make_graph(
-        nodes,
-        "odd",
-        [onnx.helper.make_tensor_value_info("data", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
-        [onnx.helper.make_tensor_value_info("c2", onnx.TensorProto.FLOAT, None)],
-        weights,
-    )
-    path = tmp_path / "odd.onnx"
-    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    odd = onnx.helper.make_node("LpNormalization", ["c1"], ["n1"], name="odd_norm", axis=1)
+    path = _conv_relu_conv(tmp_path / "odd.onnx", odd, [onnx.helper.make_opsetid("", 17)])
     result = _cli("export", "onnx", "--onnx", str(path), "--layers", "c2", "--out", str(tmp_path / "models"))
     assert result.returncode == 2
     assert "'odd_norm'" in result.stderr and "LpNormalization" in result.stderr
@@ -265,3 +248,45 @@ def test_user_onnx_with_an_nhwc_input_exports_with_the_gradient_of_torch(tmp_pat
     body, head = TinyClassifier().eval().double().features(x)
     ((body**2).mean((1, 2, 3)) + (head**2).mean((1, 2, 3))).sum().backward()
     assert np.abs(grad - x.grad.numpy()).max() / np.abs(x.grad.numpy()).max() <= 1e-4
+
+
+def _conv_relu_conv(path: Path, middle: onnx.NodeProto, imports: list[onnx.OperatorSetIdProto]) -> Path:
+    """A two-convolution network with `middle` (from c1 to n1) between them, saved with `imports`."""
+    rng = np.random.default_rng(0)
+    weights = [
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        onnx.helper.make_node("Conv", ["data", "w1"], ["c1"], name="conv1", kernel_shape=[3, 3]),
+        middle,
+        onnx.helper.make_node("Conv", ["n1", "w2"], ["c2"], name="conv2", kernel_shape=[3, 3]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "net",
+        [onnx.helper.make_tensor_value_info("data", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+        [onnx.helper.make_tensor_value_info("c2", onnx.TensorProto.FLOAT, None)],
+        weights,
+    )
+    onnx.save(onnx.helper.make_model(graph, opset_imports=imports), str(path))
+    return path
+
+
+def test_a_declared_but_unused_op_domain_is_no_obstacle(tmp_path):
+    """tf2onnx imports ai.onnx.ml in every model it writes, used or not."""
+    relu = onnx.helper.make_node("Relu", ["c1"], ["n1"], name="relu")
+    imports = [onnx.helper.make_opsetid("", 15), onnx.helper.make_opsetid("ai.onnx.ml", 2)]
+    path = _conv_relu_conv(tmp_path / "ml.onnx", relu, imports)
+    model_dir = export_model("onnx", tmp_path / "models", onnx_options=OnnxOptions(path=path, layers=["c2"]))
+    assert read_manifest(model_dir).layers[-1].channels == 4
+
+
+def test_cli_refuses_a_node_of_another_op_domain_naming_it(tmp_path):
+    gelu = onnx.helper.make_node("FastGelu", ["c1"], ["n1"], name="contrib_gelu", domain="com.microsoft")
+    imports = [onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.microsoft", 1)]
+    path = _conv_relu_conv(tmp_path / "contrib.onnx", gelu, imports)
+    result = _cli("export", "onnx", "--onnx", str(path), "--layers", "c2", "--out", str(tmp_path / "models"))
+    assert result.returncode == 2
+    assert "'contrib_gelu'" in result.stderr and "FastGelu" in result.stderr and "com.microsoft" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -69,13 +69,31 @@ def _gradient_session(emit: Emit, channels: int) -> tuple[ort.InferenceSession, 
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), y
 
 
-def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """TensorFlow SAME padding (extra at the end), what ONNX's auto_pad=SAME_UPPER does."""
+def _same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0, lower: bool = False) -> torch.Tensor:
+    """TensorFlow SAME padding (extra at the end), what ONNX's auto_pad=SAME_UPPER does
+    (SAME_LOWER: the extra at the beginning)."""
     pads = []
     for size in (x.shape[3], x.shape[2]):
         total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-        pads += [total // 2, total - total // 2]
-    return F.pad(x, pads)
+        pads += [total - total // 2, total // 2] if lower else [total // 2, total - total // 2]
+    return F.pad(x, pads, value=value)
+
+
+def _same_average(x: torch.Tensor, kernel: int, stride: int, lower: bool = False) -> torch.Tensor:
+    """TensorFlow's 'same' average pooling: each window's mean over its real inputs only."""
+    sums = F.avg_pool2d(_same_pad(x, kernel, stride, lower=lower), kernel, stride)
+    counts = F.avg_pool2d(_same_pad(torch.ones_like(x), kernel, stride, lower=lower), kernel, stride)
+    return sums / counts
+
+
+def _dynamo_lrn(g: GraphBuilder, x: str, size: int, alpha: float, beta: float, bias: float) -> str:
+    """LocalResponseNorm as torch's dynamo exporter writes it: the squares padded along the
+    channels of a 5-D view and averaged by a 3-D AveragePool."""
+    squares = g.op("Unsqueeze", g.op("Mul", x, x), g.ints([1]))
+    padded = g.op("Pad", squares, g.ints([0, 0, size // 2, 0, 0, 0, 0, (size - 1) // 2, 0, 0]))
+    window = g.op("AveragePool", padded, kernel_shape=[size, 1, 1], strides=[1, 1, 1])
+    scaled = g.op("Add", g.op("Mul", g.op("Squeeze", window, g.ints([1])), g.const(alpha)), g.const(bias))
+    return g.op("Div", x, g.op("Pow", scaled, g.const(beta)))
 
 
 def _onnx_lrn(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float) -> torch.Tensor:
@@ -277,6 +295,76 @@ CASES = [
         "avgpool_2x2_stride2_odd",
         lambda g, x: g.op("AveragePool", x, kernel_shape=[2, 2], strides=[2, 2]),
         lambda x: F.avg_pool2d(x, 2, 2),
+    ),
+    Case(
+        "avgpool_same_upper_keras",
+        lambda g, x: g.op("AveragePool", x, kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
+        lambda x: _same_average(x, 3, 2),
+    ),
+    Case(
+        "avgpool_same_lower",
+        lambda g, x: g.op("AveragePool", x, kernel_shape=[2, 2], strides=[1, 1], auto_pad="SAME_LOWER"),
+        lambda x: _same_average(x, 2, 1, lower=True),
+    ),
+    Case(
+        "avgpool_same_upper_stride1_inception_v3",
+        lambda g, x: g.op("AveragePool", x, kernel_shape=[3, 3], strides=[1, 1], auto_pad="SAME_UPPER"),
+        lambda x: _same_average(x, 3, 1),
+    ),
+    Case(
+        "avgpool_valid",
+        lambda g, x: g.op("AveragePool", x, kernel_shape=[3, 2], strides=[2, 3], auto_pad="VALID"),
+        lambda x: F.avg_pool2d(x, (3, 2), (2, 3)),
+    ),
+    Case(
+        "avgpool_ceil_count_pad",
+        lambda g, x: g.op(
+            "AveragePool", x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1
+        ),
+        lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=True),
+        (2, 4, 10, 8),
+    ),
+    Case(
+        "avgpool_ceil_exclude_pad",
+        lambda g, x: g.op("AveragePool", x, kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+        lambda x: F.avg_pool2d(x, 3, 2, ceil_mode=True, count_include_pad=False),
+    ),
+    Case(
+        "avgpool_3d_dynamo_lrn",
+        lambda g, x: _dynamo_lrn(g, g.op("Mul", x, g.const(3.0)), 5, 0.2, 0.75, 1.0),
+        lambda x: F.local_response_norm(x * 3, 5, 0.2, 0.75, 1.0),
+        (2, 7, 5, 6),
+    ),
+    Case(
+        "avgpool_3d_dynamo_lrn_even",
+        lambda g, x: _dynamo_lrn(g, g.op("Mul", x, g.const(3.0)), 4, 0.1, 0.6, 2.0),
+        lambda x: F.local_response_norm(x * 3, 4, 0.1, 0.6, 2.0),
+        (1, 6, 5, 4),
+    ),
+    Case(
+        "maxpool_same_upper_keras",
+        lambda g, x: g.op("MaxPool", x, kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
+        lambda x: F.max_pool2d(_same_pad(x, 3, 2, value=-np.inf), 3, 2),
+    ),
+    Case(
+        "maxpool_same_lower",
+        lambda g, x: g.op("MaxPool", x, kernel_shape=[2, 2], strides=[1, 1], auto_pad="SAME_LOWER"),
+        lambda x: F.max_pool2d(_same_pad(x, 2, 1, value=-np.inf, lower=True), 2, 1),
+    ),
+    Case(
+        "maxpool_valid",
+        lambda g, x: g.op("MaxPool", x, kernel_shape=[3, 3], strides=[2, 2], auto_pad="VALID"),
+        lambda x: F.max_pool2d(x, 3, 2),
+    ),
+    Case(
+        "maxpool_dilated",
+        lambda g, x: g.op("MaxPool", x, kernel_shape=[3, 3], strides=[1, 2], pads=[1, 1, 1, 1], dilations=[2, 2]),
+        lambda x: F.max_pool2d(x, 3, (1, 2), 1, dilation=2),
+    ),
+    Case(
+        "maxpool_dilated_ceil",
+        lambda g, x: g.op("MaxPool", x, kernel_shape=[2, 2], strides=[2, 2], dilations=[2, 2], ceil_mode=1),
+        lambda x: F.max_pool2d(x, 2, 2, dilation=2, ceil_mode=True),
     ),
     Case("global_average_pool", _unary("GlobalAveragePool"), lambda x: x.mean((2, 3), keepdim=True)),
     Case("reduce_mean", lambda g, x: g.op("ReduceMean", x, axes=[2, 3], keepdims=0), lambda x: x.mean((2, 3))),

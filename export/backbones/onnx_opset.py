@@ -23,11 +23,12 @@ class OpsetError(ValueError):
     """The file's ops cannot be expressed at our opset."""
 
 
+_STANDARD_DOMAINS = ("", "ai.onnx")
+
+
 def to_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
-    domains = {imp.domain for imp in model.opset_import if imp.domain not in ("", "ai.onnx")}
-    if domains:
-        raise OpsetError(f"{label} uses custom op domains {sorted(domains)}; only standard ONNX ops work")
-    version = next(imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx"))
+    model = _without_unused_domains(model, label)
+    version = next(imp.version for imp in model.opset_import if imp.domain in _STANDARD_DOMAINS)
     if version == OPSET:
         return model
     if version > OPSET:
@@ -52,6 +53,29 @@ def to_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
         return _relabelled_down(model)
     except OpsetError as error:
         raise OpsetError(f"{label}: cannot convert opset {version} to {OPSET}: {error}") from failure
+
+
+def _without_unused_domains(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """The model without the opset imports no node uses; a node of another domain is refused by name.
+
+    Converters declare domains they may need (tf2onnx imports `ai.onnx.ml` in every model
+    it writes), so an import alone says nothing: what counts is the domain of each node.
+    """
+    for node in model.graph.node:
+        if node.domain not in _STANDARD_DOMAINS:
+            raise OpsetError(
+                f"{label}: node {node.name!r} (op {node.op_type}) is in the op domain {node.domain!r}, which the "
+                "reverse pass cannot differentiate (standard ONNX ops only): export the network without it, "
+                "or cut the file before that node"
+            )
+    if all(imp.domain in _STANDARD_DOMAINS for imp in model.opset_import):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    kept = [imp for imp in copy.opset_import if imp.domain in _STANDARD_DOMAINS]
+    del copy.opset_import[:]
+    copy.opset_import.extend(kept)
+    return copy
 
 
 def _gelu(node: onnx.NodeProto, name: Callable[[str], str]) -> list[onnx.NodeProto]:

@@ -3,9 +3,16 @@
 A MaxPool's gradient is a scatter-add of the output gradient through the indices
 the forward MaxPool computed (its preparer asks the forward for them), not a
 MaxUnpool, which the CUDA provider lacks.
+
+An AveragePool with TensorFlow's 'same' padding (auto_pad), ceil_mode, or over 1-D
+or 3-D windows (torch's dynamo exporter writes LocalResponseNorm as a 3-D
+AveragePool over a 5-D view) takes the general rule, which works out the padding
+at run time and measures each window's count rather than restating ONNX's rules.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -58,12 +65,10 @@ def max_pool(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]
 def average_pool(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
     x = node.input[0]
     kernel = list(attr(node, "kernel_shape"))
-    if len(kernel) != 2:
-        raise UnsupportedOperator(node, "only 2-D pooling is supported")
-    strides = list(attr(node, "strides", [1, 1]))
-    pads = list(attr(node, "pads", [0, 0, 0, 0]))
-    if attr(node, "auto_pad", "NOTSET") != "NOTSET" or attr(node, "ceil_mode", 0):
-        raise UnsupportedOperator(node, "AveragePool with auto_pad or ceil_mode is not supported")
+    window = _Window.of(node, len(kernel))
+    if len(kernel) != 2 or window.auto_pad != "NOTSET" or window.ceil_mode or window.dilations != [1, 1]:
+        return {0: _general_average_pool_grad(ctx, node, dy[0], window)}
+    strides, pads = window.strides, window.pads
     channels = ctx.shapes.dim(x, 1)
     if channels is None:
         raise UnsupportedOperator(node, "the channel count must be known statically")
@@ -79,6 +84,110 @@ def average_pool(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[
     ones_kernel = g.const(np.ones((channels, 1, *kernel), np.float32))
     transpose = {"strides": strides, "group": channels, "kernel_shape": kernel}
     return {0: transposed_window_grad(ctx, scaled, ones_kernel, x, pads, strides, transpose, "avgpool_grad")}
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A pooling node's windows over its spatial axes, whatever the attributes say them with."""
+
+    kernel: list[int]
+    strides: list[int]
+    dilations: list[int]
+    pads: list[int]  # begins then ends, as the node declares them (auto_pad NOTSET)
+    auto_pad: str
+    ceil_mode: bool
+
+    @classmethod
+    def of(cls, node: onnx.NodeProto, spatial: int) -> _Window:
+        return cls(
+            kernel=list(attr(node, "kernel_shape")),
+            strides=list(attr(node, "strides", [1] * spatial)),
+            dilations=list(attr(node, "dilations", [1] * spatial)),
+            pads=list(attr(node, "pads", [0] * 2 * spatial)),
+            auto_pad=attr(node, "auto_pad", "NOTSET"),
+            ceil_mode=bool(attr(node, "ceil_mode", 0)),
+        )
+
+    @property
+    def extents(self) -> list[int]:
+        """Input positions one window spans along each axis, dilation included."""
+        return [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilations, strict=True)]
+
+    def pad_begin(self, ctx: RuleContext, x: str) -> str:
+        """int64 [spatial]: the padding before the input on each axis, for the run-time input size.
+
+        With it, every window of the node starts at output index * stride on the padded
+        input: auto_pad's SAME padding depends on the input's size; the end padding (and
+        ceil_mode's windows that hang past it) need no number, the output's size says it.
+        """
+        g = ctx.builder
+        spatial = len(self.kernel)
+        if self.auto_pad == "VALID":
+            return g.ints([0] * spatial)
+        if self.auto_pad == "NOTSET":
+            return g.ints(self.pads[:spatial])
+        size = g.op("Shape", x, hint="pool_in", start=2)
+        stride = g.ints(self.strides)
+        out = g.op("Div", g.op("Add", size, g.ints([s - 1 for s in self.strides])), stride)  # ceil(size / stride)
+        last_start = g.op("Mul", g.op("Sub", out, g.ints([1] * spatial)), stride)
+        needed = g.op("Sub", g.op("Add", last_start, g.ints(self.extents)), size)
+        total = g.op("Max", needed, g.ints([0] * spatial))
+        half = g.op("Div", total, g.ints([2] * spatial))
+        return half if self.auto_pad == "SAME_UPPER" else g.op("Sub", total, half)
+
+
+def _general_average_pool_grad(ctx: RuleContext, node: onnx.NodeProto, dy: str, window: _Window) -> str:
+    """Any AveragePool's input gradient: auto_pad, ceil_mode, either count_include_pad, 1-D to 3-D
+    (torch's dynamo exporter writes LocalResponseNorm as a 3-D AveragePool over a 5-D view).
+
+    Each output is its window's sum divided by a count that depends on the attributes and on
+    the window's place (border windows count fewer inputs, or their padding too, or not
+    ceil_mode's overhang). Rather than restating those rules, the count is measured: the node
+    itself pooling ones gives real inputs / count, and the windows' sum of ones (over the
+    input padded with zeros) gives the real inputs; their ratio is 1 / count. The adjoint of the
+    windows' sum is a transposed convolution with a kernel of ones, cut to the input.
+    """
+    x = node.input[0]
+    g = ctx.builder
+    spatial = len(window.kernel)
+    channels = ctx.shapes.dim(x, 1)
+    if channels is None:
+        raise UnsupportedOperator(node, "the channel count must be known statically")
+    if window.dilations != [1] * spatial:  # opset 17's AveragePool has no dilations (see onnx_opset)
+        raise UnsupportedOperator(node, "AveragePool with dilations is not supported")
+    ones = g.op("ConstantOfShape", ctx.shape_of(x), value=helper.make_tensor("v", 1, [1], [1.0]))
+    own_attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    pooled_ones = g.op("AveragePool", ones, hint="avgpool_ones", **own_attributes)
+    begin = window.pad_begin(ctx, x)
+    # Zeros after the input up to the last window's end: (output - 1) * stride + extent.
+    out_size = g.op("Shape", node.output[0], hint="pool_out", start=2)
+    last_start = g.op("Mul", g.op("Sub", out_size, g.ints([1] * spatial)), g.ints(window.strides))
+    covered = g.op("Add", last_start, g.ints(window.extents))
+    in_size = g.op("Shape", x, hint="pool_in", start=2)
+    end = g.op("Max", g.op("Sub", g.op("Sub", covered, in_size), begin), g.ints([0] * spatial))
+    pads = g.op("Concat", g.ints([0, 0]), begin, g.ints([0, 0]), end, axis=0)
+    padded_ones = g.op("Pad", ones, pads, hint="avgpool_padded_ones")
+    window_attrs = {"kernel_shape": window.kernel, "strides": window.strides}
+    area = float(np.prod(window.kernel))
+    real = g.op("Mul", g.op("AveragePool", padded_ones, **window_attrs), g.const(area), hint="avgpool_real")
+    inverse_count = g.op("Div", pooled_ones, g.op("Max", real, g.const(1.0)), hint="avgpool_inverse_count")
+    scaled = g.op("Mul", dy, inverse_count, hint="avgpool_scale")
+    ones_kernel = g.const(np.ones((channels, 1, *window.kernel), np.float32))
+    full = g.op("ConvTranspose", scaled, ones_kernel, hint="avgpool_grad", group=channels, **window_attrs)
+    return _cut_to_input(ctx, full, x, begin, spatial)
+
+
+def _cut_to_input(ctx: RuleContext, full: str, x: str, begin: str, spatial: int) -> str:
+    """The input's part of a gradient over the padded input's windows: from `begin` on each spatial
+    axis, as long as the input, zeros where no window reached."""
+    g = ctx.builder
+    in_size = g.op("Shape", x, hint="pool_in", start=2)
+    reach = g.op("Shape", full, hint="pool_reach", start=2)
+    short = g.op("Max", g.op("Sub", g.op("Add", begin, in_size), reach), g.ints([0] * spatial))
+    zeros = g.ints([0] * (spatial + 2))
+    grown = g.op("Pad", full, g.op("Concat", zeros, g.ints([0, 0]), short, axis=0), hint="pool_grad_pad_end")
+    axes = g.ints(list(range(2, spatial + 2)))
+    return g.op("Slice", grown, begin, g.op("Add", begin, in_size), axes, hint="pool_grad_crop")
 
 
 def global_average_pool(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
