@@ -86,3 +86,34 @@ def test_the_warm_start_benchmark_measures_both_sides_in_fresh_processes(lite0_d
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith(("| without |", "| with |"))]
     assert len(rows) == 2 and all(line.count(" s ") == 4 for line in rows), done.stdout
+
+
+def test_the_profile_leaves_out_the_warm_up_step_and_takes_each_nodes_median():
+    from benchmarks.profile import kernel_times
+
+    def run(start: int, length: int) -> dict:
+        return {"cat": "Session", "name": "model_run", "ts": start, "dur": length}
+
+    def kernel(node: str, op: str, start: int, length: int) -> dict:
+        return {"cat": "Node", "name": f"{node}_kernel_time", "ts": start, "dur": length, "args": {"op_name": op}}
+
+    events = [run(0, 100), kernel("conv", "Conv", 10, 90)]  # the warm-up run
+    for start, conv, pool in ((200, 30, 5), (300, 40, 6), (400, 50, 70)):
+        events += [run(start, 90), kernel("conv", "Conv", start + 1, conv), kernel("pool", "MaxPool", start + 60, pool)]
+    nodes, runs = kernel_times(events, skip_runs=1)
+    assert nodes == {"conv": ("Conv", 40.0), "pool": ("MaxPool", 6.0)}
+    assert runs == [90.0, 90.0, 90.0]
+
+
+def test_the_profile_prints_each_op_types_share_and_the_convolution_share(lite0_dir: Path, tmp_path: Path):
+    optimized = tmp_path / "optimized.onnx"
+    options = {"--models": lite0_dir.parent, "--image": REPO / "samples" / "coffee.jpg", "--optimized": optimized}
+    arguments = [str(part) for item in options.items() for part in item]
+    done = run_module("benchmarks.profile", "--model", "efficientnet-lite0", "--size", "64", "--steps", "2", *arguments)
+    assert done.returncode == 0, done.stderr
+    assert "cpu_memory_arena" in done.stdout and "| Conv |" in done.stdout, done.stdout
+    shares = [float(line.rsplit("|", 2)[1].strip(" %")) for line in done.stdout.splitlines() if line.endswith("% |")]
+    assert abs(sum(shares) - 100) < 1.0, done.stdout
+    (convolution,) = [line for line in done.stdout.splitlines() if line.startswith("convolution (")]
+    assert 0 < float(convolution.split(": ")[1].split("%")[0]) <= 100
+    assert optimized.stat().st_size > 0  # the graph as ONNX Runtime runs it, to read
