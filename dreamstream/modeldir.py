@@ -34,6 +34,10 @@ A model whose weights have their ImageNet classifier head also has a `classifier
 graph (input `image`, output `probabilities`: the softmax over the classes) and a
 labels file, one class name per line in the order of the outputs. Models without
 one have `classifier` None.
+
+`files_sha256` holds the sha256 of every file the folder serves from (`served_files`:
+the graphs, the weights, the classifier graph and its labels), so that a server can
+check each one before use. Manifests written before it have none (an empty mapping).
 """
 
 from __future__ import annotations
@@ -134,6 +138,21 @@ class Manifest:
     # exported with fixed shapes, say a reshape to 7x7); such a model is dreamed in tiles of that size.
     fixed_size: int = 0
     classifier: Classifier | None = None  # None: the weights had no classifier head
+    # Relative path -> hex sha256 of every file in served_files(); empty in manifests older than it.
+    files_sha256: dict[str, str] = field(default_factory=dict)
+
+    def served_files(self) -> tuple[str, ...]:
+        """Every file (relative to the model dir) the server reads: graphs, weights, classifier, labels."""
+        files = [
+            graph
+            for layer in self.layers
+            for graph in (layer.graph, layer.step_graph, layer.focus_graph, layer.focus_step_graph, layer.guide_graph)
+            if graph  # an older export has no guide graph
+        ]
+        if self.classifier is not None:
+            files += [self.classifier.graph, self.classifier.labels]
+        files.append(self.weights_file)
+        return tuple(dict.fromkeys(files))  # once each, in manifest order
 
     @property
     def channel_total(self) -> int:

@@ -9,6 +9,7 @@ own directory.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import tempfile
@@ -207,6 +208,9 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
         fixed_size=sizes.fixed,
         classifier=classifier,
     )
+    # Every file hashed once written, so that a server checks each before use.
+    hashes = {relative: sha256_of(model_dir / relative) for relative in manifest.served_files()}
+    manifest = dataclasses.replace(manifest, files_sha256=hashes)
     write_manifest(model_dir, manifest)
     return manifest
 

@@ -5,14 +5,13 @@ one gradient graph and one step graph per layer, so sessions are opened on first
 use and then kept: a session is created once per graph and shared by every
 request (ONNX Runtime sessions are safe to run from several threads).
 
-A model folder is trusted no further than it proves: every file its manifest
-names must lie inside the folder, and the weights must match the manifest's
-sha256. A model that fails is refused with one log line and the others serve.
+A model folder is trusted no further than it proves (see `model_files`: every file
+inside the folder and matching its sha256, graphs reading only the weights file).
+A model that fails is refused with one log line and the others serve.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -21,6 +20,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from dreamstream.modeldir import MANIFEST_FILE, Layer, Manifest, ManifestError, read_manifest
+from dreamstream.server.model_files import ModelFileError, check_model_files
 from dreamstream.server.providers import Device, DeviceError, choose_device, confirm_device, open_session
 from dreamstream.server.refusals import ModelUnavailable, UnknownModel
 
@@ -32,45 +32,6 @@ DEFAULT_MODEL = "efficientnet-lite0"
 
 class RepositoryError(RuntimeError):
     """The models directory cannot be served: missing, or holding no model that loads."""
-
-
-class ModelFileError(ValueError):
-    """A model folder whose files cannot be trusted: outside the folder, missing, or altered."""
-
-
-_HASH_CHUNK = 1 << 20
-
-
-def model_file(directory: Path, relative: str, what: str) -> Path:
-    """`relative` inside `directory`; refuses absolute paths and anything that resolves outside."""
-    root = directory.resolve()
-    path = (root / relative).resolve()
-    if Path(relative).is_absolute() or not path.is_relative_to(root):
-        raise ModelFileError(f"{what} {relative!r} lies outside the model folder: re-export the model")
-    if not path.is_file():
-        raise ModelFileError(f"{what} {relative} is missing: re-export the model")
-    return path
-
-
-def check_model_files(directory: Path, manifest: Manifest) -> None:
-    """Every graph inside the folder and present, the weights matching their sha256."""
-    for layer in manifest.layers:
-        graphs = (layer.graph, layer.step_graph, layer.focus_graph, layer.focus_step_graph, layer.guide_graph)
-        for graph in filter(None, graphs):  # an older export has no guide graph
-            model_file(directory, graph, "graph")
-    if manifest.classifier is not None:
-        model_file(directory, manifest.classifier.graph, "classifier graph")
-        model_file(directory, manifest.classifier.labels, "labels file")
-    weights = model_file(directory, manifest.weights_file, "weights file")
-    digest = hashlib.sha256()
-    with weights.open("rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            digest.update(chunk)
-    if digest.hexdigest() != manifest.weights_sha256.lower():
-        raise ModelFileError(
-            f"{manifest.weights_file} does not match the manifest's weights_sha256 "
-            f"({weights.stat().st_size:,} bytes; truncated or altered?): re-export the model"
-        )
 
 
 class Model:
