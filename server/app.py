@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from dreamstream.server.connections import ConnectionPolicy
 from dreamstream.server.engine import DreamEngine
 from dreamstream.server.models import ModelRepository
-from dreamstream.server.security import TlsFiles, TokenAuth
+from dreamstream.server.security import TlsFiles, TokenAuth, TokenSet
 from dreamstream.server.service import READER_TIMEOUT, DreamService
 from dreamstream.server.telemetry import Telemetry
 from dreamstream.server.warmup import warm_up
@@ -51,7 +51,7 @@ class DreamServer:
         max_queue: int = 4,
         engine: DreamEngine | None = None,
         tls: TlsFiles | None = None,
-        tokens: tuple[bytes, ...] = (),
+        tokens: TokenSet | tuple[bytes, ...] = (),
         reflection: bool = True,
         reader_timeout: float = READER_TIMEOUT,
         telemetry: Telemetry | None = None,
@@ -62,7 +62,8 @@ class DreamServer:
         self.engine = engine or DreamEngine(models)
         self.port = 0
         self._tls = tls
-        self._tokens = tokens
+        # A tuple is a fixed set (tests, embedding); `serve` passes the token file's TokenSet.
+        self.tokens = tokens if isinstance(tokens, TokenSet) else TokenSet.fixed(tokens) if tokens else None
         self._reflection = reflection
         self._connections = connections or ConnectionPolicy()
         self._warm_start = warm_start
@@ -80,7 +81,7 @@ class DreamServer:
         """Listen on host:port (0 picks a free port) and return the port."""
         # Created here rather than in __init__: a grpc.aio server belongs to the event
         # loop it is created in, which must be the one that runs it.
-        interceptors = [TokenAuth(self._tokens)] if self._tokens else []
+        interceptors = [TokenAuth(self.tokens)] if self.tokens is not None else []
         options = [*CHANNEL_OPTIONS, *self._connections.grpc_options()]
         self._server = grpc.aio.server(options=options, interceptors=interceptors)
         dream_pb2_grpc.add_DreamServiceServicer_to_server(self._service, self._server)

@@ -33,7 +33,7 @@ from dreamstream.server.options import (
     start_telemetry,
 )
 from dreamstream.server.providers import DEVICE_CHOICES, DeviceError
-from dreamstream.server.security import SecurityError, TlsFiles, read_tokens
+from dreamstream.server.security import SecurityError, TlsFiles, TokenSet
 from dreamstream.server.service import READER_TIMEOUT
 from dreamstream.wire import DEFAULT_PORT
 
@@ -114,7 +114,8 @@ def _add_security_flags(parser: argparse.ArgumentParser) -> None:
         "--auth-token-file",
         type=Path,
         metavar="FILE",
-        help="accept only calls with `authorization: Bearer <token>`, one token per line (health stays open)",
+        help="accept only calls with `authorization: Bearer <token>`, one token per line (health stays open); "
+        "read again when it changes or on SIGHUP, so tokens rotate without a restart",
     )
     parser.add_argument(
         "--no-reflection", dest="reflection", action="store_false", help="do not offer gRPC server reflection"
@@ -199,7 +200,7 @@ def _server(args: argparse.Namespace) -> DreamServer:
         tls = _tls(args)
         if tls is not None:
             tls.credentials()  # a bad file is named now, not at the first connection
-        tokens = read_tokens(args.auth_token_file) if args.auth_token_file else ()
+        tokens = TokenSet.from_file(args.auth_token_file) if args.auth_token_file else ()
     except SecurityError as error:
         raise CommandError(str(error)) from None
     return DreamServer(
@@ -230,6 +231,8 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if server.tokens is not None:  # the token file read again now (it is also when it changes)
+        loop.add_signal_handler(signal.SIGHUP, server.tokens.reload)
     try:
         await server.load()
     except (RepositoryError, DeviceError) as error:

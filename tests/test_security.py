@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -15,6 +20,7 @@ from dreamstream.cli import main
 from dreamstream.client import DreamClient, Frame, ServerUnavailable, Unauthenticated
 from dreamstream.cmdline import EXIT_REFUSED
 from dreamstream.server.security import SecurityError, TlsFiles, read_tokens, token_matches
+from dreamstream.v1 import dream_pb2, dream_pb2_grpc
 
 SMALL = {"max_size": 64, "octaves": 2, "steps_per_octave": 1}
 TOKENS = (b"old-token-still-valid", b"new-token")
@@ -152,3 +158,115 @@ def test_serve_with_tls_and_a_token_file_serves_the_cli_with_the_ca_and_token_an
     finally:
         assert server.stop() == 0
     assert "Traceback" not in server.log
+
+
+def wait_until(condition, timeout: float = 15.0) -> bool:
+    """Whether `condition()` turned true within `timeout` seconds, asked every tenth of a second."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def accepted(target: str, token: str, ca: Path | None = None) -> bool:
+    try:
+        with DreamClient(target, token=token, ca_file=ca) as client:
+            client.models(timeout=10)
+        return True
+    except Unauthenticated:
+        return False
+
+
+class Traffic:
+    """Calls in a loop on one connection with the token of the moment, counting each outcome."""
+
+    def __init__(self, target: str, token: str) -> None:
+        self.token = token
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self._stop = threading.Event()
+        self._client = DreamClient(target)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        channel = grpc.insecure_channel(self._client.target)
+        stub = dream_pb2_grpc.DreamServiceStub(channel)
+        while not self._stop.is_set():
+            try:
+                stub.ListModels(dream_pb2.ListModelsRequest(), metadata=[("authorization", f"Bearer {self.token}")])
+                self.outcomes["OK"] += 1
+            except grpc.RpcError as error:
+                self.outcomes[error.code().name] += 1
+            time.sleep(0.02)
+        channel.close()
+
+    def stop(self) -> collections.Counter[str]:
+        self._stop.set()
+        self._thread.join(30)
+        self._client.close()
+        return self.outcomes
+
+
+def test_tokens_rotate_live_under_traffic_and_a_broken_file_keeps_the_tokens_in_force(
+    lite0_dir: Path, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("old-token\n")
+    server = ServeProcess(lite0_dir.parent, "--auth-token-file", str(tokens), "--no-warm-start")
+    traffic = Traffic(server.target, "old-token")
+    try:
+        tokens.write_text("old-token\nnew-token\n")  # rewritten in place, as an editor does
+        assert wait_until(lambda: accepted(server.target, "new-token")), "the added token is not accepted"
+        traffic.token = "new-token"  # the clients move
+        replacement = tmp_path / "tokens.next"
+        replacement.write_text("new-token\n")
+        replacement.replace(tokens)  # replaced by a rename, as Kubernetes updates a mounted secret
+        assert wait_until(lambda: not accepted(server.target, "old-token")), "the removed token still works"
+        assert accepted(server.target, "new-token")
+
+        tokens.write_text("")  # truncated on its way to new content: never locks everyone out
+        assert wait_until(lambda: server.count("token file not reloaded") >= 1)
+        assert accepted(server.target, "new-token")
+        tokens.write_text("newest-token\n")
+        server.process.send_signal(signal.SIGHUP)  # read again at once; the server lives on
+        assert wait_until(lambda: accepted(server.target, "newest-token"))
+        traffic.token = "newest-token"
+        assert not accepted(server.target, "new-token")
+        time.sleep(0.5)
+    finally:
+        outcomes = traffic.stop()
+        assert server.stop() == 0
+    assert outcomes["OK"] > 10 and set(outcomes) == {"OK"}, outcomes  # no call of the moving clients refused
+    assert "Traceback" not in server.log
+
+
+def test_tls_certificates_are_taken_up_at_the_next_handshake_without_a_restart(
+    lite0_dir: Path, certificates: Certificates, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    shutil.copy(certificates.server_cert, cert)
+    shutil.copy(certificates.server_key, key)
+    (tmp_path / "renewed").mkdir()
+    renewed = make_certificates(tmp_path / "renewed")  # another CA: tells the two certificates apart
+    server = ServeProcess(lite0_dir.parent, "--tls-cert", str(cert), "--tls-key", str(key), "--no-warm-start")
+    try:
+        assert accepted(server.target, "", certificates.ca)
+        cert.write_text("-----BEGIN CERTIFICATE-----\n")  # half-written: the certificate in force stays
+        assert accepted(server.target, "", certificates.ca)
+        shutil.copy(renewed.server_cert, cert)  # the new chain before its key: not a pair yet
+        assert accepted(server.target, "", certificates.ca)
+        shutil.copy(renewed.server_key, key)
+        assert wait_until(lambda: _handshakes(server.target, renewed.ca))
+        assert not _handshakes(server.target, certificates.ca)
+    finally:
+        assert server.stop() == 0
+    assert server.count("TLS files not reloaded") >= 1 and "Traceback" not in server.log
+
+
+def _handshakes(target: str, ca: Path) -> bool:
+    try:
+        return accepted(target, "", ca)
+    except ServerUnavailable:
+        return False
