@@ -1,7 +1,8 @@
-"""One log line per dream (the access log), and the JSON form of every log line (--log-format json).
+"""One log line per call (the access log), and the JSON form of every log line (--log-format json).
 
 The line is logged when the call ends, whatever its outcome, with the fields a log
-pipeline indexes: request id, model, picture size, steps, status, seconds, queue wait.
+pipeline indexes: request id, kind (dream, video, zoom, classify), model, picture size,
+steps, frames, status, seconds, queue wait.
 In text form they follow the message; in JSON form they are fields of the object.
 """
 
@@ -26,12 +27,14 @@ def _rounded(seconds: float | None) -> float | None:
 def access_fields(record: DreamRecord) -> dict[str, Any]:
     return {
         "request_id": record.request_id,
+        "kind": record.kind,
         "model": record.model,
         "width": record.width,
         "height": record.height,
         "octaves": record.octaves,
         "steps_per_octave": record.steps_per_octave,
         "steps": record.steps_done,
+        "frames": record.frames_sent,
         "status": record.code,
         "seconds": _rounded(record.seconds),
         "queue_wait_seconds": _rounded(record.queue_wait),
@@ -40,13 +43,14 @@ def access_fields(record: DreamRecord) -> dict[str, Any]:
 
 
 class AccessLog(DreamListener):
-    """Logs each ended dream at INFO on the `dreamstream.server.access` logger."""
+    """Logs each ended call at INFO on the `dreamstream.server.access` logger."""
 
     def ended(self, record: DreamRecord) -> None:
         fields = access_fields(record)
         wait = "-" if fields["queue_wait_seconds"] is None else f"{fields['queue_wait_seconds']:.3f} s"
         log.info(
-            "dream %s %s: %s %s %dx%d, %d steps in %.3f s, queued %s",
+            "%s %s %s: %s %s %dx%d, %d steps, %d frames in %.3f s, queued %s",
+            record.kind,
             record.request_id,
             record.code,
             record.model or "-",
@@ -54,6 +58,7 @@ class AccessLog(DreamListener):
             record.octaves,
             record.steps_per_octave,
             record.steps_done,
+            record.frames_sent,
             record.seconds or 0.0,
             wait,
             extra={FIELDS: fields},

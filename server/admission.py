@@ -12,10 +12,22 @@ import collections
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from dreamstream.server.refusals import Busy, Draining, Refusal
 
 log = logging.getLogger(__name__)
+
+# Told a waiting call's place in line (1: next) and how many wait in all, each time they change.
+PlaceListener = Callable[[int, int], None]
+
+
+@dataclass(eq=False)
+class _Waiter:
+    granted: asyncio.Future[None]
+    memory: int
+    on_place: PlaceListener | None = None
+    told: tuple[int, int] | None = field(default=None)
 
 
 class Admission:
@@ -41,7 +53,7 @@ class Admission:
         self._retry_after = retry_after
         self._running = 0
         self._memory = 0  # bytes the running dreams are expected to take
-        self._waiters: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
+        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._draining = False
         self._idle: asyncio.Event | None = None
 
@@ -49,8 +61,11 @@ class Admission:
     def running(self) -> int:
         return self._running
 
-    async def acquire(self, memory: int = 0) -> None:
-        """Wait for a slot (and `memory` bytes of the budget); raises Busy or Draining."""
+    async def acquire(self, memory: int = 0, on_place: PlaceListener | None = None) -> None:
+        """Wait for a slot (and `memory` bytes of the budget); raises Busy or Draining.
+
+        `on_place(place, waiting)` hears the call's place in line whenever it changes, while it waits.
+        """
         if self._draining:
             raise draining()
         if not self._waiters and self._fits(memory):
@@ -62,14 +77,16 @@ class Admission:
                 retry_after=self._retry_after(),
             )
         waiter = asyncio.get_running_loop().create_future()
-        entry = (waiter, memory)
+        entry = _Waiter(waiter, memory, on_place)
         self._waiters.append(entry)
         log.info("dream waits for a slot: %d running, %d waiting", self._running, len(self._waiters))
+        self._tell_places()
         try:
             await waiter
         except BaseException:
             if entry in self._waiters:
                 self._waiters.remove(entry)
+                self._tell_places()
             elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release(memory)  # granted just as the caller went away
             raise
@@ -85,7 +102,7 @@ class Admission:
         """Refuse new dreams and end every waiting one with Draining at once."""
         self._draining = True
         while self._waiters:
-            waiter, _ = self._waiters.popleft()
+            waiter = self._waiters.popleft().granted
             if not waiter.done():
                 waiter.set_exception(draining())
 
@@ -111,12 +128,24 @@ class Admission:
         self._memory += memory
 
     def _grant(self) -> None:
-        while self._waiters and self._fits(self._waiters[0][1]):
-            waiter, memory = self._waiters.popleft()
-            if waiter.done():  # its caller went away
+        granted = False
+        while self._waiters and self._fits(self._waiters[0].memory):
+            entry = self._waiters.popleft()
+            granted = True
+            if entry.granted.done():  # its caller went away
                 continue
-            self._take(memory)
-            waiter.set_result(None)
+            self._take(entry.memory)
+            entry.granted.set_result(None)
+        if granted:
+            self._tell_places()
+
+    def _tell_places(self) -> None:
+        """Tell each waiting call whose place changed (the line is short: max_queue)."""
+        waiting = len(self._waiters)
+        for place, entry in enumerate(self._waiters, start=1):
+            if entry.on_place is not None and entry.told != (place, waiting):
+                entry.told = (place, waiting)
+                entry.on_place(place, waiting)
 
 
 def draining() -> Draining:

@@ -10,10 +10,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dreamstream.server.connections import ConnectionPolicy
+from dreamstream.server.dataplane import READER_TIMEOUT, DataPlane
 from dreamstream.server.engine import DreamEngine
 from dreamstream.server.models import ModelRepository
 from dreamstream.server.security import TlsFiles, TokenAuth, TokenSet
-from dreamstream.server.service import READER_TIMEOUT, DreamService
+from dreamstream.server.service import DreamService
 from dreamstream.server.telemetry import Telemetry
 from dreamstream.server.warmup import warm_up
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
@@ -67,13 +68,16 @@ class DreamServer:
         self._reflection = reflection
         self._connections = connections or ConnectionPolicy()
         self._warm_start = warm_start
-        self._service = DreamService(
+        # Every call enters through the data plane: this server's gRPC service, and any other
+        # transport on the same process (which reaches it as `server.plane`).
+        self.plane = DataPlane(
             self.engine,
             max_concurrent=max_concurrent,
             max_queue=max_queue,
             reader_timeout=reader_timeout,
             telemetry=telemetry,
         )
+        self._service = DreamService(self.plane)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
 
@@ -121,7 +125,7 @@ class DreamServer:
         for name in self.models.names():
             await self._health.set(model_health_name(name), NOT_SERVING)
         log.info("draining: no new dreams; running ones get %g s to finish", grace)
-        if await self._service.drain(grace):
+        if await self.plane.drain(grace):
             log.info("drained: every running dream finished")
         else:
             log.warning("drained: dreams still running after %g s were stopped", grace)
@@ -132,7 +136,7 @@ class DreamServer:
         await self._set_health(NOT_SERVING)
         if self._server is not None:
             await self._server.stop(grace)
-        self._service.close()
+        self.plane.close()
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in _HEALTH_NAMES:

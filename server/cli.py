@@ -16,6 +16,7 @@ from dreamstream.cmdline import (
     positive_int,
 )
 from dreamstream.server.app import DreamServer
+from dreamstream.server.dataplane import READER_TIMEOUT
 from dreamstream.server.engine import DreamEngine
 from dreamstream.server.engine.limits import (
     DEFAULT_MAX_COST,
@@ -34,7 +35,6 @@ from dreamstream.server.options import (
 )
 from dreamstream.server.providers import DEVICE_CHOICES, DeviceError
 from dreamstream.server.security import SecurityError, TlsFiles, TokenSet
-from dreamstream.server.service import READER_TIMEOUT
 from dreamstream.wire import DEFAULT_PORT
 
 log = logging.getLogger(__name__)

@@ -1,18 +1,29 @@
 """Messages to engine values and back: the conversions of the gRPC adapter, nothing more.
 
-`spec_from_request` turns a DreamRequest into the engine's DreamSpec (the proto's
-zeros become None, "the default"); the `*_message` functions turn the engine's
-events and results into responses. Every check lives in the engine's planning step.
+`spec_from_request` (and `video_spec_from_settings`, `zoom_spec_from_request`) turn
+requests into the engine's specs (the proto's zeros become None, "the default"); the
+`*_message` and `*_response` functions turn the data plane's events and results into
+responses. Every check lives in the engine's planning step.
 """
 
 from __future__ import annotations
 
-from dreamstream.server.engine import DreamPlan, DreamSpec, Octave, Step
+from dreamstream.server.dataplane import AnimationEvent, DreamEvent, EncodedFrame, EncodedOctave, Started
+from dreamstream.server.engine import DreamPlan, DreamSpec, Step
 from dreamstream.server.engine.classify import Classification
 from dreamstream.server.engine.request import ChannelMode
+from dreamstream.server.engine.video import BlendMode, VideoSpec
+from dreamstream.server.engine.zoom import ZoomSpec
 from dreamstream.server.refusals import InvalidRequest
 from dreamstream.v1 import dream_pb2
 from dreamstream.wire import UnknownFormat, format_of_enum
+
+_BLEND_MODES = {
+    dream_pb2.BLEND_MODE_UNSPECIFIED: BlendMode.FIXED,
+    dream_pb2.BLEND_MODE_FIXED: BlendMode.FIXED,
+    dream_pb2.BLEND_MODE_LOOP: BlendMode.LOOP,
+    dream_pb2.BLEND_MODE_RANDOM: BlendMode.RANDOM,
+}
 
 _CHANNEL_MODES = {
     dream_pb2.CHANNEL_MODE_UNSPECIFIED: None,
@@ -61,6 +72,70 @@ def spec_from_request(request: dream_pb2.DreamRequest) -> DreamSpec:
     )
 
 
+def video_spec_from_settings(settings: dream_pb2.VideoSettings) -> VideoSpec:
+    if settings.blend_mode not in _BLEND_MODES:
+        raise InvalidRequest(
+            f"unknown blend mode {settings.blend_mode}: use FIXED, LOOP or RANDOM", field="settings.blend_mode"
+        )
+    return VideoSpec(
+        dream=spec_from_request(settings.dream),
+        blend=settings.blend,
+        blend_mode=_BLEND_MODES[settings.blend_mode],
+        flow=settings.flow,
+        layer_schedule=tuple(settings.layer_schedule),
+        window=settings.window or None,
+    )
+
+
+def zoom_spec_from_request(request: dream_pb2.ZoomRequest) -> ZoomSpec:
+    return ZoomSpec(
+        dream=spec_from_request(request.dream),
+        frames=request.frames,
+        zoom=request.zoom if request.HasField("zoom") else None,
+        rotate=request.rotate,
+        shift=(request.shift_x, request.shift_y),
+    )
+
+
+def dream_response(event: DreamEvent) -> dream_pb2.DreamResponse | None:
+    """The DreamResponse of one event of a dream; None for one the protocol does not carry (Queued)."""
+    if isinstance(event, Started):
+        return started_message(event.plan, event.request_id)
+    if isinstance(event, Step):
+        return progress_message(event)
+    if isinstance(event, EncodedOctave):
+        return frame_message(event)
+    return None
+
+
+def animation_frame(event: AnimationEvent) -> dream_pb2.AnimationFrame | None:
+    """The AnimationFrame of one event of a video or zoom; None for the others (Queued, Started)."""
+    if not isinstance(event, EncodedFrame):
+        return None
+    frame = event.frame
+    height, width = frame.image.shape[:2]
+    return dream_pb2.AnimationFrame(
+        index=frame.index,
+        width=width,
+        height=height,
+        image=event.data,
+        format=event.format.enum,
+        blend=frame.blend,
+        layers=frame.layers,
+        elapsed_seconds=frame.elapsed,
+    )
+
+
+def video_response(event: AnimationEvent) -> dream_pb2.DreamVideoResponse | None:
+    frame = animation_frame(event)
+    return None if frame is None else dream_pb2.DreamVideoResponse(frame=frame)
+
+
+def zoom_response(event: AnimationEvent) -> dream_pb2.ZoomResponse | None:
+    frame = animation_frame(event)
+    return None if frame is None else dream_pb2.ZoomResponse(frame=frame)
+
+
 def classify_message(result: Classification) -> dream_pb2.ClassifyResponse:
     return dream_pb2.ClassifyResponse(
         model=result.model,
@@ -106,7 +181,8 @@ def progress_message(step: Step) -> dream_pb2.DreamResponse:
     )
 
 
-def frame_message(octave: Octave, data: bytes, plan: DreamPlan) -> dream_pb2.DreamResponse:
+def frame_message(event: EncodedOctave) -> dream_pb2.DreamResponse:
+    octave = event.octave
     height, width = octave.image.shape[:2]
     return dream_pb2.DreamResponse(
         frame=dream_pb2.Frame(
@@ -114,8 +190,8 @@ def frame_message(octave: Octave, data: bytes, plan: DreamPlan) -> dream_pb2.Dre
             octaves=octave.octaves,
             width=width,
             height=height,
-            image=data,
-            format=plan.frame_format.enum,
+            image=event.data,
+            format=event.format.enum,
             final=octave.final,
             round=octave.round,
         )

@@ -1,9 +1,11 @@
 """Prometheus metrics of a dreamstream server, served over HTTP on --metrics-port.
 
-`DreamMetrics` is a telemetry listener: it turns every dream's record into counters,
-histograms and gauges. Each server has its own registry (two servers in one process do
-not mix their numbers). Device memory comes from NVML on NVIDIA GPUs, the one provider
-that reports it; on the CPU, process_resident_memory_bytes says what the server holds.
+`DreamMetrics` is a telemetry listener: it turns every call's record into counters,
+histograms and gauges, each labelled with the call's kind (dream, video, zoom, classify),
+so that a replica busy with videos shows as busy as one busy with dreams. Each server has
+its own registry (two servers in one process do not mix their numbers). Device memory
+comes from NVML on NVIDIA GPUs, the one provider that reports it; on the CPU,
+process_resident_memory_bytes says what the server holds.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from prometheus_client.registry import Collector
 
 from dreamstream.server.telemetry import DreamListener, DreamRecord
 
+# The kinds of call (dataplane.CallKind's values): their gauges exist at 0 from the start,
+# so that a sum over kinds (the autoscaler's) never misses one.
+KINDS = ("dream", "video", "zoom", "classify")
+
 log = logging.getLogger(__name__)
 
 # Dreams take from a fraction of a second (small, few steps, GPU) to minutes (large, CPU).
@@ -33,59 +39,67 @@ class DreamMetrics(DreamListener):
         self.registry = registry or CollectorRegistry()
         metric: dict[str, Any] = {"registry": self.registry}
         self.dreams = Counter(
-            "dreamstream_dreams", "Dream calls ended, by model and gRPC status code", ["model", "code"], **metric
+            "dreamstream_dreams",
+            "Calls ended (dreams, videos, zooms, classifications), by kind, model and status code",
+            ["kind", "model", "code"],
+            **metric,
         )
         self.dream_seconds = Histogram(
             "dreamstream_dream_seconds",
-            "Seconds a dream ran, from getting its slot to its last frame",
-            ["model"],
+            "Seconds a call ran, from getting its slot to its end",
+            ["kind", "model"],
             buckets=_DREAM_BUCKETS,
             **metric,
         )
         self.queue_wait_seconds = Histogram(
             "dreamstream_queue_wait_seconds",
-            "Seconds a dream waited for a slot",
-            ["model"],
+            "Seconds a call waited for a slot",
+            ["kind", "model"],
             buckets=_WAIT_BUCKETS,
             **metric,
         )
         self.first_frame_seconds = Histogram(
             "dreamstream_first_frame_seconds",
-            "Seconds from a dream's arrival to its first frame (queue included)",
-            ["model"],
+            "Seconds from a call's arrival to its first frame (queue included)",
+            ["kind", "model"],
             buckets=_DREAM_BUCKETS,
             **metric,
         )
         self.steps = Counter("dreamstream_steps", "Ascent steps run", ["model"], **metric)
-        self.inflight = Gauge("dreamstream_inflight_dreams", "Dreams running now", **metric)
-        self.queued_dreams = Gauge("dreamstream_queued_dreams", "Dreams waiting for a slot now", **metric)
+        self.inflight = Gauge("dreamstream_inflight_dreams", "Calls running now, by kind", ["kind"], **metric)
+        self.queued_dreams = Gauge(
+            "dreamstream_queued_dreams", "Calls waiting for a slot now, by kind", ["kind"], **metric
+        )
+        for kind in KINDS:
+            self.inflight.labels(kind)
+            self.queued_dreams.labels(kind)
         ProcessCollector(registry=self.registry)
         self.registry.register(DeviceMemoryCollector())
 
     def queued(self, record: DreamRecord) -> None:
-        self.queued_dreams.inc()
+        self.queued_dreams.labels(record.kind).inc()
 
     def admitted(self, record: DreamRecord) -> None:
-        self.queued_dreams.dec()
-        self.inflight.inc()
+        self.queued_dreams.labels(record.kind).dec()
+        self.inflight.labels(record.kind).inc()
         if record.queue_wait is not None:
-            self.queue_wait_seconds.labels(record.model).observe(record.queue_wait)
+            self.queue_wait_seconds.labels(record.kind, record.model).observe(record.queue_wait)
 
     def stepped(self, record: DreamRecord) -> None:
         self.steps.labels(record.model).inc()
 
     def framed(self, record: DreamRecord) -> None:
         if record.frames_sent == 1 and record.first_frame_seconds is not None:
-            self.first_frame_seconds.labels(record.model).observe(record.first_frame_seconds)
+            self.first_frame_seconds.labels(record.kind, record.model).observe(record.first_frame_seconds)
 
     def ended(self, record: DreamRecord) -> None:
         if record.admitted_at is not None:
-            self.inflight.dec()
+            self.inflight.labels(record.kind).dec()
         elif record.queued_at is not None:
-            self.queued_dreams.dec()
-        self.dreams.labels(record.model, record.code).inc()
+            self.queued_dreams.labels(record.kind).dec()
+        self.dreams.labels(record.kind, record.model, record.code).inc()
         if record.running_seconds is not None:
-            self.dream_seconds.labels(record.model).observe(record.running_seconds)
+            self.dream_seconds.labels(record.kind, record.model).observe(record.running_seconds)
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics on host:port (0 picks a port) in a background thread; returns the port."""

@@ -36,7 +36,11 @@ class RunningDreams:
         return key
 
     def stepped(self, key: int, step: Step) -> None:
-        self._last_steps[key] = _LastStep(step.elapsed, step.done, self._clock())
+        self.progressed(key, step.elapsed, step.done)
+
+    def progressed(self, key: int, elapsed: float, done: float) -> None:
+        """The call `key` has run `elapsed` seconds and done the fraction `done` of its work."""
+        self._last_steps[key] = _LastStep(elapsed, done, self._clock())
 
     def ended(self, key: int) -> None:
         self._last_steps.pop(key, None)

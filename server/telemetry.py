@@ -1,8 +1,9 @@
-"""What each dream did, as the service saw it, for whoever watches: metrics, the access log.
+"""What each call did, as the data plane saw it, for whoever watches: metrics, the access log.
 
-The service fills one `DreamRecord` per call and tells a `Telemetry` as the dream moves
-on (queued, admitted, each step, each frame, ended); listeners such as the Prometheus
-metrics and the JSON access log turn the same record into their own form. Nothing here
+The data plane fills one `DreamRecord` per call (dream, video, zoom or classification) and
+tells a `Telemetry` as the call moves on (queued, admitted, each step, each frame, ended);
+listeners such as the Prometheus metrics and the JSON access log turn the same record into
+their own form. Nothing here
 knows gRPC or the engine, and the engine knows nothing of this.
 """
 
@@ -15,9 +16,11 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DreamRecord:
-    """One dream call. Times are time.monotonic() readings; None until the moment happens."""
+    """One call (a dream, video, zoom or classification). Times are time.monotonic() readings;
+    None until the moment happens."""
 
     request_id: str
+    kind: str = "dream"  # dream, video, zoom or classify (dataplane.CallKind)
     received_at: float = field(default_factory=time.monotonic)
     model: str = ""  # empty until the request is planned (a refused request may name none)
     width: int = 0
@@ -30,7 +33,7 @@ class DreamRecord:
     admitted_at: float | None = None
     first_frame_at: float | None = None
     ended_at: float | None = None
-    code: str = "OK"  # the call's final status, by its gRPC name
+    code: str = "OK"  # the call's final status, by its canonical code name (OK, CANCELLED, INVALID_ARGUMENT...)
 
     def planned(self, model: str, size: tuple[int, int], octaves: int, steps_per_octave: int) -> None:
         self.model = model
@@ -77,7 +80,7 @@ class DreamListener:
         """One ascent step ran."""
 
     def framed(self, record: DreamRecord) -> None:
-        """One frame went to the client."""
+        """One frame (a dream's octave, a video's or zoom's frame) goes to the client."""
 
     def ended(self, record: DreamRecord) -> None:
         """The call ended (record.code says how), whether or not the dream started."""

@@ -71,6 +71,46 @@ def test_the_engine_knows_nothing_of_grpc() -> None:
     assert offending("server/engine", ("grpc", "dreamstream.v1")) == {}
 
 
+# Modules of a transport: the data plane, and all it imports, use none of them.
+TRANSPORTS = ("grpc", "grpc_status", "grpc_health", "grpc_reflection", "google.rpc", "dreamstream.v1")
+TRANSPORTS += ("starlette", "uvicorn", "aiohttp", "fastapi", "http.server", "prometheus_client")
+
+
+def server_module_path(name: str) -> Path | None:
+    """The source file of a dreamstream.server module, None for any other."""
+    if not name.startswith("dreamstream.server."):
+        return None
+    relative = name.removeprefix("dreamstream.server.").replace(".", "/")
+    for candidate in (REPO / "server" / f"{relative}.py", REPO / "server" / relative / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_closure(path: Path) -> dict[Path, set[str]]:
+    """{module: its imports} for `path` and every server module it reaches (the shared modules of
+    `dreamstream/`, such as wire.py's image formats, are checked by their own rule)."""
+    seen: dict[Path, set[str]] = {}
+    todo = [path]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen[current] = imports(current)
+        todo.extend(found for name in seen[current] if (found := server_module_path(name)) is not None)
+    return seen
+
+
+def test_the_data_plane_knows_nothing_of_any_transport() -> None:
+    closure = imported_closure(REPO / "server" / "dataplane.py")
+    assert REPO / "server" / "admission.py" in closure  # the walk follows the data plane's imports
+    bad = {
+        str(path.relative_to(REPO)): sorted(n for n in names if n.startswith(TRANSPORTS))
+        for path, names in closure.items()
+    }
+    assert {path: names for path, names in bad.items() if names} == {}
+
+
 def test_the_shared_modules_import_no_part() -> None:
     parts = ("dreamstream.client", "dreamstream.server", "dreamstream.export")
     shared = {path.name for path in modules_of("dreamstream")} - {"__init__.py", "cli.py"}

@@ -154,8 +154,9 @@ def test_prometheus_scrapes_the_dreams_the_container_ran(container: Container) -
         list(client.dream(width=64, height=64, octaves=1, steps_per_octave=2))
     samples = scrape(f"http://127.0.0.1:{container.metrics_port}/metrics")
     assert dreams_total(samples) >= 1
-    assert samples[("dreamstream_inflight_dreams", ())] == 0
-    assert samples[("dreamstream_queued_dreams", ())] == 0
+    for kind in ("dream", "video", "zoom", "classify"):
+        assert samples[("dreamstream_inflight_dreams", (("kind", kind),))] == 0
+        assert samples[("dreamstream_queued_dreams", (("kind", kind),))] == 0
     names = {name for name, _ in samples}
     for histogram in ("dream_seconds", "queue_wait_seconds", "first_frame_seconds"):
         assert f"dreamstream_{histogram}_count" in names

@@ -18,7 +18,8 @@ from PIL import Image
 from benchmarks.clips import camera_frames
 from benchmarks.flicker import as_array, flicker
 from dreamstream.client import AsyncDreamClient, DreamClient, InvalidRequest
-from dreamstream.server.animations import _read_frames
+from dreamstream.server.animations import video_frames
+from dreamstream.server.dataplane import read_frames
 from dreamstream.server.engine import DreamSpec
 from dreamstream.server.engine.motion import dense_flow, warp
 from dreamstream.server.engine.video import (
@@ -209,7 +210,7 @@ def test_the_server_reads_a_frame_only_when_the_window_has_room() -> None:
 
         inbox: queue.SimpleQueue = queue.SimpleQueue()
         window = asyncio.Semaphore(3)
-        reader = asyncio.create_task(_read_frames(messages(), inbox, window))
+        reader = asyncio.create_task(read_frames(video_frames(messages()), inbox, window))
         sizes = []
         for released in (0, 2, 10):
             for _ in range(released):
