@@ -54,7 +54,14 @@ from dreamstream.server.admission import Admission, Control
 from dreamstream.server.engine import DreamCancelled, DreamEngine, DreamPlan, DreamSpec, Octave, Step
 from dreamstream.server.engine.classify import Classification, classify
 from dreamstream.server.engine.limits import decode_memory
-from dreamstream.server.engine.video import DreamedFrame, VideoDreamer, VideoPlan, VideoSpec, plan_video
+from dreamstream.server.engine.video import (
+    DreamedFrame,
+    StepListener,
+    VideoDreamer,
+    VideoPlan,
+    VideoSpec,
+    plan_video,
+)
 from dreamstream.server.engine.zoom import ZoomPlan, ZoomSpec, plan_zoom, zoom_frames
 from dreamstream.server.memory import give_back_free_memory
 from dreamstream.server.models import ModelRepository
@@ -137,7 +144,7 @@ class EncodedFrame:
 
 
 DreamEvent = Queued | Started | Step | EncodedOctave
-AnimationEvent = Queued | Started | EncodedFrame
+AnimationEvent = Queued | Started | Step | EncodedFrame  # a Step of an animation is one of its current frame
 # Writes one event to the caller, waiting while the caller's transport has no room (its
 # flow control); raises CallerLeft when the caller is gone. It may drop events its
 # transport has no form for (gRPC has no Queued message).
@@ -274,7 +281,7 @@ class Call:
         self.record.planned(plan.model.name, plan.size, len(plan.sizes), plan.params.steps_per_octave)
         engine = self._plane.engine
 
-        def produce(cancel: threading.Event) -> Iterator[Step | Octave]:
+        def produce(cancel: threading.Event, _: StepListener) -> Iterator[Step | Octave]:
             height, width = plan.size
             log.info(
                 "dream %s on %s: %dx%d, %d octaves x %d steps, layers %s",
@@ -298,7 +305,8 @@ class Call:
         await self._run(produce, plan.memory, Started(self.request_id, self.kind, plan), send, encode=encode)
 
     async def video(self, spec: VideoSpec, frames: AsyncIterator[bytes], send: Send) -> None:
-        """Dream each encoded frame of `frames` in turn, sending Queued*, Started, then EncodedFrame events.
+        """Dream each encoded frame of `frames` in turn, sending Queued*, Started, then each frame's Steps
+        and its EncodedFrame.
 
         At most the plan's window of frames is read and not yet answered: `frames` is read
         only when there is room, so a client that sends faster than the server dreams waits.
@@ -324,7 +332,7 @@ class Call:
         dreamer = VideoDreamer(engine, plan)
         try:
             await self._run(
-                lambda cancel: dreamer.dream_frames(inbox_frames(inbox), cancel),
+                lambda cancel, on_step: dreamer.dream_frames(inbox_frames(inbox), cancel, on_step),
                 first_plan.memory,
                 Started(self.request_id, self.kind, first_plan),
                 send,
@@ -336,7 +344,8 @@ class Call:
             reader.cancel()
 
     async def zoom(self, spec: ZoomSpec, send: Send) -> None:
-        """Dream the zoom's frames one after the other, sending Queued*, Started, then EncodedFrame events."""
+        """Dream the zoom's frames one after the other, sending Queued*, Started, then each frame's Steps
+        and its EncodedFrame."""
         self._expect(CallKind.ZOOM)
         engine = self._plane.engine
         self._plane.models()
@@ -344,7 +353,7 @@ class Call:
         first = plan.first
         self.record.planned(first.model.name, first.size, len(first.sizes), first.params.steps_per_octave)
         await self._run(
-            lambda cancel: zoom_frames(engine, plan, cancel),
+            lambda cancel, on_step: zoom_frames(engine, plan, cancel, on_step),
             first.memory,
             Started(self.request_id, self.kind, first, frames=plan.frames),
             send,
@@ -438,7 +447,7 @@ class Call:
 
     async def _run(
         self,
-        produce: Callable[[threading.Event], Iterator[object]],
+        produce: Callable[[threading.Event, StepListener], Iterator[object]],
         memory: int,
         started: Started,
         send: Send,
@@ -479,7 +488,7 @@ class Call:
 
         def work() -> None:
             try:
-                for item in produce(cancel):
+                for item in produce(cancel, put):
                     picture = encode(item)
                     if picture is None:
                         put(item)
@@ -520,7 +529,8 @@ class Call:
                 if isinstance(item, Exception):
                     raise item
                 if isinstance(item, Step):
-                    plane.running.stepped(running, item)
+                    if self.kind is CallKind.DREAM:  # an animation's Step is one frame's: no estimate of it all
+                        plane.running.stepped(running, item)
                     plane.telemetry.stepped(self.record)
                     await self._deliver(send, item)
                 else:

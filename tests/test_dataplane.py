@@ -108,14 +108,17 @@ def test_each_call_ends_in_one_record_with_its_kind_and_outcome(engine: Any) -> 
         with pytest.raises(InvalidRequest):
             await run_call(plane, CallKind.ZOOM, lambda call: call.zoom(ZoomSpec(TINY_FRAME, frames=0), Collect()))
         assert plane.admission.running == 0
-        return [(record.kind, record.model, record.code, record.frames_sent) for record in ended.records]
+        return [
+            (record.kind, record.model, record.code, record.steps_done, record.frames_sent) for record in ended.records
+        ]
 
+    # Steps: 2 octaves x 3 for the dream, 2 frames x 1 octave x 2 for each animation.
     assert in_plane(engine, scenario) == [
-        ("dream", "efficientnet-lite0", "OK", 2),
-        ("video", "efficientnet-lite0", "OK", 2),
-        ("zoom", "efficientnet-lite0", "OK", 2),
-        ("classify", "efficientnet-lite0", "OK", 0),
-        ("zoom", "", "INVALID_ARGUMENT", 0),
+        ("dream", "efficientnet-lite0", "OK", 6, 2),
+        ("video", "efficientnet-lite0", "OK", 4, 2),
+        ("zoom", "efficientnet-lite0", "OK", 4, 2),
+        ("classify", "efficientnet-lite0", "OK", 0, 0),
+        ("zoom", "", "INVALID_ARGUMENT", 0, 0),
     ]
 
 
@@ -267,6 +270,8 @@ def test_a_zoom_starts_with_its_frame_count_and_sends_its_frames_in_order(engine
 
     events = in_plane(engine, scenario)
     assert isinstance(events[0], Started) and events[0].frames == 2
+    # Each frame's steps come before it, as the frame is dreamed.
+    assert [type(event).__name__ for event in events[1:]] == ["Step", "EncodedFrame"] * 2
     frames = [event for event in events[1:] if isinstance(event, EncodedFrame)]
     assert [frame.frame.index for frame in frames] == [0, 1]
-    assert all(frame.format.name == "png" for frame in frames)
+    assert all(frame.format.name == "png" and frame.data.startswith(b"\x89PNG") for frame in frames)

@@ -123,3 +123,29 @@ def test_dreams_still_running_after_the_grace_are_stopped_with_unavailable_and_t
     assert server.exit_status() == 0
     assert "Traceback" not in server.log, server.log
     assert "dreams still running after 1 s were stopped" in server.log
+
+
+def test_a_zoom_still_running_after_the_grace_is_stopped_with_unavailable_like_a_dream(served) -> None:
+    """Drain is the data plane's: it stops every kind of running call, not only dreams."""
+    server = served("--shutdown-grace", "1")
+    first_frame = threading.Event()
+    outcome: list[Exception] = []
+
+    def zoom() -> None:
+        try:
+            with DreamClient(server.target) as client:
+                for _ in client.zoom(None, frames=1000, width=96, height=96, octaves=1, steps_per_octave=20):
+                    first_frame.set()
+        except Exception as error:
+            outcome.append(error)
+
+    zooming = threading.Thread(target=zoom, daemon=True)
+    zooming.start()
+    assert first_frame.wait(120), outcome
+    server.terminate()
+    zooming.join(120)
+    assert len(outcome) == 1 and isinstance(outcome[0], ServerUnavailable), outcome
+    assert outcome[0].reason == "DRAINING" and "shut down before the dream finished" in outcome[0].message
+    assert server.exit_status() == 0
+    assert "Traceback" not in server.log, server.log
+    assert "dreams still running after 1 s were stopped" in server.log

@@ -145,6 +145,7 @@ def test_videos_zooms_and_classifications_are_counted_by_kind_and_their_gauges_r
         assert added("dreamstream_dream_seconds_count", kind=kind, model=MODEL) == 1, kind
         assert added("dreamstream_queue_wait_seconds_count", kind=kind, model=MODEL) == 1, kind
     assert added("dreamstream_dreams_total", kind="zoom", model="", code="INVALID_ARGUMENT") == 1
+    assert added("dreamstream_steps_total", model=MODEL) == 3 * 2 + 2 * 2  # the video's frames, the zoom's
     assert added("dreamstream_first_frame_seconds_count", kind="video", model=MODEL) == 1
     assert added("dreamstream_dreams_total", kind="dream", model=MODEL, code="OK") == 0
     assert gauges_are_at_zero(after)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from dreamstream.server.engine.loop import DreamEngine, DreamEvent, Octave
+from dreamstream.server.engine.loop import DreamEngine, DreamEvent, Octave, Step
 from dreamstream.server.engine.motion import dense_flow, warp
 from dreamstream.server.engine.plan import DreamPlan, Start
 from dreamstream.server.engine.request import DreamSpec
@@ -36,6 +36,10 @@ MAX_BLEND = 0.95  # at 1 the input would never reach the output again
 # `loop` and `random` keep the new frame's share between 1 and 0.5, as the video scripts do.
 VARYING_BLEND_MAX = 0.5
 LOOP_BLEND_STEP = 0.1  # `loop` moves the share this much per frame: 0, 0.1, ... 0.5, 0.4, ... 0
+
+
+# Told of every ascent step of every frame, in the dreaming thread (progress, metrics).
+StepListener = Callable[[Step], None]
 
 
 class BlendMode(enum.Enum):
@@ -131,12 +135,14 @@ def plan_video(spec: VideoSpec, engine: DreamEngine) -> VideoPlan:
     return plan
 
 
-def final_image(events: Iterable[DreamEvent]) -> np.ndarray:
-    """Run a dream's events to the end and return its final picture."""
+def final_image(events: Iterable[DreamEvent], on_step: StepListener | None = None) -> np.ndarray:
+    """Run a dream's events to the end and return its final picture; `on_step` hears each step."""
     image = None
     for event in events:
         if isinstance(event, Octave) and event.final:
             image = event.image
+        elif on_step is not None and isinstance(event, Step):
+            on_step(event)
     if image is None:
         raise RuntimeError("the dream ended without its final octave")
     return image
@@ -152,8 +158,11 @@ class VideoDreamer:
         # change with the blend mode.
         self._blend_rng = np.random.default_rng(plan.dream.seed)
 
-    def dream_frames(self, frames: Iterable[bytes], cancel: threading.Event | None = None) -> Iterator[DreamedFrame]:
-        """Dream each encoded frame of `frames` in turn; setting `cancel` stops before the next step."""
+    def dream_frames(
+        self, frames: Iterable[bytes], cancel: threading.Event | None = None, on_step: StepListener | None = None
+    ) -> Iterator[DreamedFrame]:
+        """Dream each encoded frame of `frames` in turn; setting `cancel` stops before the next step,
+        and `on_step` hears each step."""
         previous: tuple[np.ndarray, np.ndarray] | None = None  # (input, dreamed) of the last frame
         for index, data in enumerate(frames):
             began = time.perf_counter()
@@ -164,7 +173,7 @@ class VideoDreamer:
             start = pixels
             if previous is not None:
                 start, blend = self._blended(index, pixels, *previous)
-            dreamed = final_image(self._engine.run(starting_from(plan, start), cancel))
+            dreamed = final_image(self._engine.run(starting_from(plan, start), cancel), on_step)
             previous = (pixels, dreamed)
             yield DreamedFrame(
                 index=index,

@@ -19,7 +19,7 @@ from dreamstream.server.engine.loop import DreamEngine
 from dreamstream.server.engine.motion import affine
 from dreamstream.server.engine.plan import DreamPlan
 from dreamstream.server.engine.request import DreamSpec
-from dreamstream.server.engine.video import DreamedFrame, final_image, starting_from
+from dreamstream.server.engine.video import DreamedFrame, StepListener, final_image, starting_from
 from dreamstream.server.refusals import InvalidRequest
 
 DEFAULT_ZOOM = 1.05
@@ -83,8 +83,10 @@ def plan_zoom(spec: ZoomSpec, engine: DreamEngine) -> ZoomPlan:
     return ZoomPlan(first=first, frames=spec.frames, zoom=zoom, rotate=spec.rotate, shift=spec.shift)
 
 
-def zoom_frames(engine: DreamEngine, plan: ZoomPlan, cancel: threading.Event | None = None) -> Iterator[DreamedFrame]:
-    """Dream the frames one after the other, each as soon as it is made."""
+def zoom_frames(
+    engine: DreamEngine, plan: ZoomPlan, cancel: threading.Event | None = None, on_step: StepListener | None = None
+) -> Iterator[DreamedFrame]:
+    """Dream the frames one after the other, each as soon as it is made; `on_step` hears each step."""
     layers = dict(plan.first.params.layers)
     image = None
     for index in range(plan.frames):
@@ -92,5 +94,5 @@ def zoom_frames(engine: DreamEngine, plan: ZoomPlan, cancel: threading.Event | N
         dream = plan.first
         if image is not None:
             dream = starting_from(plan.first, affine(image, plan.zoom, plan.rotate, plan.shift))
-        image = final_image(engine.run(dream, cancel))
+        image = final_image(engine.run(dream, cancel), on_step)
         yield DreamedFrame(index=index, image=image, blend=0.0, layers=layers, elapsed=time.perf_counter() - began)
