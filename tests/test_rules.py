@@ -644,3 +644,31 @@ def test_every_op_in_the_rule_table_has_a_case() -> None:
         case.emit(builder, "x")
         used.update(node.op_type for node in builder.nodes)
     assert set(RULES) - used == set()
+
+
+TIED_POOLS = {
+    "3x3_stride2_ceil": ({"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, (3, 2, 0, True)),
+    "3x3_stride1_padded": ({"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, (3, 1, 1, False)),
+    "2x2_stride2": ({"kernel_shape": [2, 2], "strides": [2, 2]}, (2, 2, 0, False)),
+    "3x3_stride2_padded_ceil": (
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1},
+        (3, 2, 1, True),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TIED_POOLS))
+def test_max_pool_gives_a_window_with_tied_maxima_its_gradient_once_at_the_first_as_torch_does(name: str) -> None:
+    # A clipped, flat part of a picture makes windows whose maximum is held by several
+    # inputs: torch's gradient goes to the first of them in raster order, and so does ours.
+    attributes, (kernel, stride, padding, ceil_mode) = TIED_POOLS[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    session, _ = _gradient_session(lambda g, x: g.op("MaxPool", x, **attributes), 3)
+    x = rng.integers(0, 3, (2, 3, 11, 10)).astype(np.float32)  # three levels: ties in most windows
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    y_torch = F.max_pool2d(x_torch, kernel, stride, padding, ceil_mode=ceil_mode)
+    dy = rng.normal(0.0, 1.0, tuple(y_torch.shape)).astype(np.float32)
+    y, grad = session.run(None, {"x": x, "dy": dy})
+    y_torch.backward(torch.from_numpy(dy))
+    np.testing.assert_array_equal(y, y_torch.detach().numpy())
+    np.testing.assert_allclose(grad, x_torch.grad.numpy(), rtol=0, atol=1e-6)

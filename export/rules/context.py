@@ -5,7 +5,8 @@ A rule gets the context, the forward node, the gradient of each of its outputs
 that need a gradient; it returns {input index: gradient tensor name}. A few ops
 must also be emitted differently in the forward for their rule (a MaxPool that
 returns its indices, an LRN computed from parts the backward reuses): their
-preparer returns the node the reverse pass walks and the nodes emitted in its place.
+preparer returns the nodes the reverse pass walks (a MaxPool is walked as two 1-D ones)
+and the nodes emitted in its place.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class RuleContext:
 
 
 Rule = Callable[[RuleContext, onnx.NodeProto, Grads, set[int]], dict[int, str]]
-Preparer = Callable[[onnx.NodeProto, GraphBuilder, StaticShapes], tuple[onnx.NodeProto, list[onnx.NodeProto]]]
+Preparer = Callable[[onnx.NodeProto, GraphBuilder, StaticShapes], tuple[list[onnx.NodeProto], list[onnx.NodeProto]]]
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def _lrn_band(node: onnx.NodeProto) -> str:
 
 def decompose_lrn(
     node: onnx.NodeProto, builder: GraphBuilder, shapes: StaticShapes
-) -> tuple[onnx.NodeProto, list[onnx.NodeProto]]:
+) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
     """Emit LRN as y = x * s^-beta, s = bias + alpha/size * (window sum of x^2).
 
     The window sum is a 1x1 convolution with a banded channel matrix. On the CPU this
@@ -75,7 +75,7 @@ def decompose_lrn(
     builder.op_into("Mul", [x, _lrn_factor(y)], [y])
     emitted = builder.nodes[start:]
     del builder.nodes[start:]
-    return node, emitted
+    return [node], emitted
 
 
 def lrn(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
@@ -97,7 +97,7 @@ def _layer_norm_stats(y: str) -> tuple[str, str]:
 
 def add_layer_norm_statistics(
     node: onnx.NodeProto, builder: GraphBuilder, shapes: StaticShapes
-) -> tuple[onnx.NodeProto, list[onnx.NodeProto]]:
+) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
     """Ask the forward LayerNormalization for its mean and inverse standard deviation too."""
     prepared = onnx.NodeProto()
     prepared.CopyFrom(node)
@@ -105,7 +105,7 @@ def add_layer_norm_statistics(
     mean, inv_std = _layer_norm_stats(node.output[0])
     builder.reserve([mean, inv_std])
     prepared.output.extend([node.output[0], mean, inv_std])
-    return prepared, [prepared]
+    return [prepared], [prepared]
 
 
 def layer_norm(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
