@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 import pytest
 from conftest import wait_until_still
+from PIL import Image
 
 from dreamstream.client import DreamClient, ServerBusy
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
@@ -61,19 +64,22 @@ def test_a_reader_idle_past_the_timeout_is_dropped_and_its_slot_freed(start_serv
     assert "read nothing for 1 s" in dropped.value.details()
 
 
-def test_a_zoom_whose_reader_is_idle_past_the_timeout_is_dropped_too(start_server, repository) -> None:
+def test_a_video_whose_reader_is_idle_past_the_timeout_is_dropped_too(start_server, repository) -> None:
     """The slow-reader rule is the data plane's, the same for every streaming call."""
     server = start_server(repository, max_concurrent=1, max_queue=0, reader_timeout=1)
     engine = server.server.engine
     before = engine.steps_run
-    noise = dream_pb2.DreamRequest(width=512, height=512, octaves=1, steps_per_octave=1)
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")  # noise: every dreamed frame is large too
+    settings = dream_pb2.VideoSettings(dream=dream_pb2.DreamRequest(octaves=1, steps_per_octave=1), window=OCTAVES)
+    requests = [dream_pb2.DreamVideoRequest(settings=settings)]
+    requests += [dream_pb2.DreamVideoRequest(frame=buffer.getvalue())] * OCTAVES
     with grpc.insecure_channel(server.target, options=SLOW_READER_OPTIONS) as channel:
-        call = dream_pb2_grpc.DreamServiceStub(channel).Zoom(
-            dream_pb2.ZoomRequest(dream=noise, frames=OCTAVES), timeout=300
-        )
+        call = dream_pb2_grpc.DreamServiceStub(channel).DreamVideo(iter(requests), timeout=300)
         assert next(call).frame.index == 0
         stopped = wait_until_still(lambda: engine.steps_run, settle=2.0, timeout=120) - before
-        assert stopped < OCTAVES  # the zoom waits for its reader, then is stopped
+        assert stopped < OCTAVES
         with DreamClient(server.target, retries=20) as client:
             assert list(client.dream(None, width=64, height=64, octaves=1, steps_per_octave=1))[-1].final
         with pytest.raises(grpc.RpcError) as dropped:
