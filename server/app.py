@@ -1,4 +1,5 @@
-"""The gRPC server: the Dream service, the standard health service and reflection, on one port."""
+"""The gRPC server: the Dream service, the standard health service and reflection, on one port;
+and, with `start_http`, the HTTP gateway on another, over the same data plane."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from grpc_reflection.v1alpha import reflection
 from dreamstream.server.connections import ConnectionPolicy
 from dreamstream.server.dataplane import READER_TIMEOUT, DataPlane
 from dreamstream.server.engine import DreamEngine
+from dreamstream.server.gateway import gateway_app
+from dreamstream.server.http_server import HttpServer
 from dreamstream.server.models import ModelRepository
 from dreamstream.server.security import TlsFiles, TokenAuth, TokenSet
 from dreamstream.server.service import DreamService
@@ -80,6 +83,7 @@ class DreamServer:
         self._service = DreamService(self.plane)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._http: HttpServer | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on host:port (0 picks a free port) and return the port."""
@@ -104,6 +108,14 @@ class DreamServer:
         await self._server.start()
         log.info("listening on %s:%d%s", host, self.port, " (TLS)" if self._tls else "")
         return self.port
+
+    async def start_http(self, host: str, port: int) -> int:
+        """Also serve the HTTP gateway (the JSON/SSE API and the page at /) on host:port, with the
+        same data plane, TLS files and tokens as gRPC; returns the port (0 picks one)."""
+        # The same TokenSet as gRPC's interceptor: a token file read again applies to both at once.
+        token_check = self.tokens.allows if self.tokens is not None else None
+        self._http = HttpServer(gateway_app(self.plane, token_check=token_check), self._tls)
+        return await self._http.start(host, port)
 
     async def load(self) -> None:
         """Load the models (unless already loaded) off the event loop, then serve."""
@@ -136,6 +148,8 @@ class DreamServer:
         await self._set_health(NOT_SERVING)
         if self._server is not None:
             await self._server.stop(grace)
+        if self._http is not None:
+            await self._http.stop()
         self.plane.close()
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:

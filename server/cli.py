@@ -63,6 +63,13 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
     parser.add_argument(
+        "--http-port",
+        type=int,
+        metavar="PORT",
+        help="also serve the HTTP gateway on this port: the JSON and Server-Sent Events API and the web page at / "
+        "(default: none; 0 picks one)",
+    )
+    parser.add_argument(
         "--device",
         choices=DEVICE_CHOICES,
         default="auto",
@@ -226,6 +233,14 @@ async def _serve(args: argparse.Namespace) -> None:
         raise CommandError(
             f"cannot listen on {args.host}:{args.port}: is the port taken? (choose one with --port)"
         ) from error
+    if args.http_port is not None:
+        try:
+            await server.start_http(args.host, args.http_port)
+        except OSError as error:
+            await server.stop(grace=None)
+            raise CommandError(
+                f"cannot serve HTTP on {args.host}:{args.http_port}: {error.strerror or error} (choose --http-port)"
+            ) from error
     # Set before loading, so that a stop asked for during the load drains right after it.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,12 +8,16 @@ responses. Every check lives in the engine's planning step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dreamstream.server.dataplane import AnimationEvent, DreamEvent, EncodedFrame, EncodedOctave, Started
 from dreamstream.server.engine import DreamPlan, DreamSpec, Step
 from dreamstream.server.engine.classify import Classification
 from dreamstream.server.engine.request import ChannelMode
+from dreamstream.server.engine.tiling import MAX_TILED_SIDE
 from dreamstream.server.engine.video import BlendMode, VideoSpec
 from dreamstream.server.engine.zoom import ZoomSpec
+from dreamstream.server.models import Model, ModelRepository
 from dreamstream.server.refusals import InvalidRequest
 from dreamstream.v1 import dream_pb2
 from dreamstream.wire import UnknownFormat, format_of_enum
@@ -134,6 +138,33 @@ def video_response(event: AnimationEvent) -> dream_pb2.DreamVideoResponse | None
 def zoom_response(event: AnimationEvent) -> dream_pb2.ZoomResponse | None:
     frame = animation_frame(event)
     return None if frame is None else dream_pb2.ZoomResponse(frame=frame)
+
+
+def models_message(models: ModelRepository, untiled_limit: Callable[[Model], int]) -> dream_pb2.ListModelsResponse:
+    """The served models with their layers, and those refused with the reason (ListModels)."""
+    return dream_pb2.ListModelsResponse(
+        models=[
+            dream_pb2.Model(
+                name=model.manifest.name,
+                backbone=model.manifest.backbone,
+                layers=[
+                    dream_pb2.Layer(name=layer.name, channels=layer.channels, stride=layer.stride)
+                    for layer in model.manifest.layers
+                ],
+                default_layers=model.manifest.default_layers,
+                min_size=model.manifest.min_size,
+                max_size=MAX_TILED_SIDE,
+                supports_guide=all(layer.guide_graph for layer in model.manifest.layers),
+                max_untiled_size=untiled_limit(model),
+                can_classify=model.manifest.classifier is not None,
+            )
+            for model in models
+        ],
+        default_model=models.default_name,
+        unavailable_models=[
+            dream_pb2.UnavailableModel(name=name, problem=problem) for name, problem in models.refused.items()
+        ],
+    )
 
 
 def classify_message(result: Classification) -> dream_pb2.ClassifyResponse:

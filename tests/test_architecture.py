@@ -147,3 +147,24 @@ def test_every_package_folder_is_in_the_wheel() -> None:
             relative = init.parent.relative_to(REPO / folder)
             found.add(".".join([package, *relative.parts]))
     assert found == listed
+
+
+HTTP_GATEWAY = ("server/gateway.py", "server/http_requests.py", "server/http_errors.py", "server/http_server.py")
+
+
+@pytest.mark.parametrize("module", HTTP_GATEWAY)
+def test_the_http_gateway_goes_through_the_data_plane_never_the_grpc_servicer(module: str) -> None:
+    # Like the gRPC servicer, the gateway converts and hands every call to the data plane;
+    # only http_errors names gRPC's status codes (the table HTTP statuses are mapped from).
+    found = imports(REPO / module)
+    assert not [
+        name for name in found if name.startswith(("dreamstream.server.service", "dreamstream.server.animations"))
+    ]
+    if module != "server/http_errors.py":
+        assert not [name for name in found if name == "grpc" or name.startswith("grpc.")]
+
+
+def test_the_data_plane_and_the_engine_know_nothing_of_http() -> None:
+    web = ("starlette", "uvicorn", "multipart", "dreamstream.server.gateway", "dreamstream.server.http_")
+    assert offending("server/engine", web) == {}
+    assert not [name for name in imports(REPO / "server/dataplane.py") if name.startswith(web)]
