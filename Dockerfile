@@ -69,7 +69,8 @@ RUN groupadd --gid 10001 dreamstream \
        --shell /usr/sbin/nologin dreamstream
 USER 10001:10001
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 DREAMSTREAM_MODELS=/models
-EXPOSE 50051 9090
+# gRPC, Prometheus metrics, and the HTTP gateway (JSON/SSE API and the web page).
+EXPOSE 50051 9090 8080
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--", "dreamstream"]
-CMD ["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9090"]
+CMD ["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9090", "--http-port", "8080"]

@@ -102,8 +102,9 @@ class Container:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port()
+        self.http_port = free_port()
         serve = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"]
-        serve += ["--metrics-port", str(self.metrics_port), *args]
+        serve += ["--metrics-port", str(self.metrics_port), "--http-port", str(self.http_port), *args]
         self.id = docker("run", "--detach", "--network=host", image.tag, *serve).strip()
 
     def inspect(self) -> dict:
@@ -163,6 +164,17 @@ def test_prometheus_scrapes_the_dreams_the_container_ran(container: Container) -
     assert "dreamstream_steps_total" in names
 
 
+def test_the_http_gateway_serves_the_page_and_streams_a_dream_from_the_container(container: Container) -> None:
+    import httpx
+
+    url = f"http://127.0.0.1:{container.http_port}"
+    assert httpx.get(f"{url}/", timeout=30).status_code == 200
+    picture = (REPO / "samples" / "coffee.jpg").read_bytes()
+    fields = {"octaves": "1", "steps_per_octave": "1", "max_size": "64"}
+    answer = httpx.post(f"{url}/api/dreams", files={"image": ("coffee.jpg", picture)}, data=fields, timeout=120)
+    assert answer.status_code == 200 and answer.text.rstrip().splitlines()[-2] == "event: done"
+
+
 def test_the_models_exported_at_build_time_are_served(container: Container, image: BuiltImage) -> None:
     from dreamstream.client import DreamClient
 
@@ -183,7 +195,10 @@ def test_the_image_runs_dreamstream_under_tini_serving_its_models_and_metrics_on
     config = json.loads(docker("image", "inspect", image.tag))[0]["Config"]
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["/usr/bin/tini", "--", "dreamstream"]
-    assert config["Cmd"] == "serve --models /models --host 0.0.0.0 --port 50051 --metrics-port 9090".split()
+    assert config["Cmd"] == (
+        "serve --models /models --host 0.0.0.0 --port 50051 --metrics-port 9090 --http-port 8080".split()
+    )
+    assert set(config["ExposedPorts"]) == {"50051/tcp", "9090/tcp", "8080/tcp"}
 
 
 def test_docker_stop_ends_the_server_with_exit_code_0(docker: DockerEngine, image: BuiltImage) -> None:

@@ -65,8 +65,9 @@ def image_uid() -> int:
     return int(match.group(1))
 
 
-def test_there_are_a_base_a_cpu_and_a_gpu_overlay_and_an_autoscaling_example() -> None:
-    assert {"k8s/base", "k8s/overlays/cpu", "k8s/overlays/gpu", "k8s/examples/hpa"} <= set(KUSTOMIZATIONS)
+def test_there_are_a_base_a_cpu_and_a_gpu_overlay_and_an_autoscaling_and_an_ingress_example() -> None:
+    expected = {"k8s/base", "k8s/overlays/cpu", "k8s/overlays/gpu", "k8s/examples/hpa", "k8s/examples/ingress"}
+    assert expected <= set(KUSTOMIZATIONS)
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -148,8 +149,9 @@ def test_a_headless_service_for_client_balancing_and_a_cluster_ip_one(
     assert headless["clusterIP"] == "None"
     assert headless.get("publishNotReadyAddresses", False) is False  # draining pods leave the DNS answer
     assert cluster_ip["type"] == "ClusterIP" and "clusterIP" not in cluster_ip
-    for spec in (headless, cluster_ip):
-        assert [(port["port"], port["targetPort"]) for port in spec["ports"]] == [(50051, "grpc")]
+    assert [(port["port"], port["targetPort"]) for port in headless["ports"]] == [(50051, "grpc")]
+    # The ClusterIP Service also carries the HTTP gateway, for an Ingress (browsers balance per request).
+    assert [(port["port"], port["targetPort"]) for port in cluster_ip["ports"]] == [(50051, "grpc"), (8080, "http")]
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -184,6 +186,26 @@ def test_the_autoscaler_scales_the_deployment_on_inflight_dreams(rendered: dict[
     assert [metric["pods"]["metric"]["name"] for metric in autoscaler["metrics"]] == ["dreamstream_inflight_dreams"]
 
 
+def test_the_ingress_sends_the_http_gateway_unbuffered_with_timeouts_beyond_the_longest_dream(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    from dreamstream.cli import build_parser
+    from dreamstream.wire import MAX_MESSAGE_BYTES
+
+    objects = rendered["k8s/examples/ingress"]
+    ingress = the(objects, "Ingress")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    service = the(objects, "Service", backend["name"])
+    assert backend["port"]["name"] == "http" and "http" in [port["name"] for port in service["spec"]["ports"]]
+    annotations = ingress["metadata"]["annotations"].items()
+    notes = {key.removeprefix("nginx.ingress.kubernetes.io/"): value for key, value in annotations}
+    args = build_parser("serve").parse_args(server_container(objects)["args"])
+    assert notes["proxy-buffering"] == "off" and notes["proxy-request-buffering"] == "off"
+    assert int(notes["proxy-read-timeout"]) > args.max_dream_seconds
+    assert int(notes["proxy-send-timeout"]) > args.max_dream_seconds
+    assert int(notes["proxy-body-size"].removesuffix("m")) * 2**20 >= MAX_MESSAGE_BYTES
+
+
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_the_container_args_are_a_serve_command_line_matching_the_ports(
     rendered: dict[str, list[Manifest]], kustomization: str
@@ -195,7 +217,7 @@ def test_the_container_args_are_a_serve_command_line_matching_the_ports(
     container = server_container(rendered[kustomization])
     args = build_parser("serve").parse_args(container["args"])
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert (args.port, args.metrics_port) == (ports["grpc"], ports["metrics"])
+    assert (args.port, args.metrics_port, args.http_port) == (ports["grpc"], ports["metrics"], ports["http"])
     assert args.host == "0.0.0.0"
 
 
