@@ -38,11 +38,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from dreamstream.server.dataplane import CallerLeft, CallKind, DataPlane, Queued
+from dreamstream.server.dataplane import Call, CallerLeft, CallKind, DataPlane, Queued
 from dreamstream.server.http_errors import UploadStalled, UploadTooLarge, error_body, error_response
 from dreamstream.server.http_requests import PICTURE_FIELDS, as_json, dream_request
 from dreamstream.server.messages import dream_response, models_message, spec_from_request
-from dreamstream.server.refusals import InvalidRequest, Refusal, Unauthenticated
+from dreamstream.server.refusals import InvalidRequest, Refusal, RefusalKind, Unauthenticated, shown
 from dreamstream.server.request_ids import request_id_of
 from dreamstream.wire import MAX_MESSAGE_BYTES, REQUEST_ID_METADATA
 
@@ -79,7 +79,7 @@ class Gateway:
         self._token_check = token_check
         self._max_body = max_body
         self._uploads = asyncio.Semaphore(UPLOADS_AT_ONCE)
-        self.running: dict[str, set[Any]] = {}
+        self.running: dict[str, set[Call]] = {}
 
     async def models(self, request: Request) -> Response:
         request_id = request_id_of(request.headers.items())
@@ -99,8 +99,7 @@ class Gateway:
         wanted = request.path_params["request_id"]
         calls = self.running.get(wanted)
         if not calls:
-            message = f"no dream {wanted[:64]!r} is running on this server (it ended, or never started here)"
-            return JSONResponse({"code": "NOT_FOUND", "reason": "UNKNOWN_DREAM", "message": message}, status_code=404)
+            return error_response(UnknownDream(wanted), request_id)
         for call in list(calls):
             call.cancel()
         log.info("dream %s cancelled over HTTP", wanted)
@@ -140,6 +139,16 @@ class Gateway:
             return options, pictures
         image = b"".join([chunk async for chunk in body])
         return options, {"image": image} if image else {}
+
+
+class UnknownDream(Refusal):
+    """The cancel endpoint named no dream running on this gateway."""
+
+    kind = RefusalKind.NOT_FOUND
+    reason = "UNKNOWN_DREAM"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"no dream {shown(request_id)} is running here (it ended, or never started on this server)")
 
 
 def _single_values(items: list[tuple[str, str]], what: str) -> dict[str, str]:
@@ -226,7 +235,7 @@ class DreamEvents(Response):
     def __init__(
         self,
         plane: DataPlane,
-        running: dict[str, set[Any]],
+        running: dict[str, set[Call]],
         request_id: str,
         options: dict[str, str],
         pictures: dict[str, bytes],
@@ -301,7 +310,7 @@ def event_bytes(event: object) -> bytes:
     return sse(name, as_json(getattr(response, name)))
 
 
-async def _cancel_on_disconnect(receive: Receive, call: Any) -> None:
+async def _cancel_on_disconnect(receive: Receive, call: Call) -> None:
     """Cancel `call` when the client closes the connection (the body was read already)."""
     while True:
         message = await receive()

@@ -297,7 +297,8 @@ def test_a_full_server_queues_then_refuses_and_cancel_and_leaving_stop_the_ascen
     assert metric_sum(gateway.metrics_url, "dreamstream_steps_total") == before  # the ascent stopped on the server
     assert metric_sum(gateway.metrics_url, "dreamstream_inflight_dreams") == 0
     assert metric_sum(gateway.metrics_url, "dreamstream_queued_dreams") == 0
-    assert httpx.delete(f"{gateway.url}/api/dreams/http-running", timeout=10).status_code == 404
+    ended = httpx.delete(f"{gateway.url}/api/dreams/http-running", timeout=10)
+    assert ended.status_code == 404 and ended.json()["reason"] == "UNKNOWN_DREAM"
 
 
 def test_http_dreams_are_counted_by_the_data_plane_metrics_and_access_log(
