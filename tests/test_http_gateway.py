@@ -367,6 +367,28 @@ def test_tls_and_bearer_tokens_guard_the_api_as_they_guard_grpc(
         assert refused.status_code == 401 and refused.json()["reason"] == reason
 
 
+def test_rewritten_tls_files_are_served_from_the_next_connection_on(
+    lite0_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    first = make_certificates(tmp_path_factory.mktemp("http-tls-first"))
+    second = make_certificates(tmp_path_factory.mktemp("http-tls-second"))
+    flags = ("--tls-cert", str(first.server_cert), "--tls-key", str(first.server_key))
+    server = GatewayProcess(lite0_dir.parent, *flags, scheme="https")
+    try:
+        assert httpx.get(f"{server.url}/", verify=ssl.create_default_context(cafile=first.ca)).status_code == 200
+        first.server_key.write_bytes(b"")  # half-written: the certificate in force stays
+        server.wait_for("HTTPS: TLS files not reloaded")
+        first.server_cert.write_bytes(second.server_cert.read_bytes())
+        first.server_key.write_bytes(second.server_key.read_bytes())
+        server.wait_for("HTTPS: TLS files reloaded")
+        trusted = ssl.create_default_context(cafile=second.ca)
+        assert httpx.get(f"{server.url}/api/models", verify=trusted, timeout=30).status_code == 200
+        with pytest.raises(httpx.ConnectError):  # the old CA no longer vouches for the server
+            httpx.get(f"{server.url}/", verify=ssl.create_default_context(cafile=first.ca), timeout=30)
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_plain_http_client_gets_no_answer_from_the_tls_port(secure_gateway: tuple[GatewayProcess, Path]) -> None:
     server, _ = secure_gateway
     with pytest.raises(httpx.HTTPError):
