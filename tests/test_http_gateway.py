@@ -308,8 +308,7 @@ def test_http_dreams_are_counted_by_the_data_plane_metrics_and_access_log(
         return sum(
             value
             for (name, labels), value in scrape(gateway.metrics_url).items()
-            if name == "dreamstream_dreams_total" and dict(labels).get("code") == "OK"
-            and dict(labels).get("kind", "dream") == "dream"
+            if name == "dreamstream_dreams_total" and dict(labels)["code"] == "OK" and dict(labels)["kind"] == "dream"
         )  # fmt: skip
 
     before = counted()
