@@ -17,9 +17,8 @@ import grpc
 from dreamstream.server.animations import AnimationCalls
 from dreamstream.server.dataplane import Call as PlaneCall
 from dreamstream.server.dataplane import CallerLeft, CallKind, DataPlane, Send
-from dreamstream.server.engine.tiling import MAX_TILED_SIDE
 from dreamstream.server.error_status import abort, call_request_id
-from dreamstream.server.messages import classify_message, dream_response, spec_from_request
+from dreamstream.server.messages import classify_message, dream_response, models_message, spec_from_request
 from dreamstream.server.refusals import NotReady
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
 
@@ -55,30 +54,7 @@ class DreamService(AnimationCalls, dream_pb2_grpc.DreamServiceServicer):
             models = self._plane.models()
         except NotReady as error:
             await abort(context, error, call_request_id(context))
-        engine = self._plane.engine
-        return dream_pb2.ListModelsResponse(
-            models=[
-                dream_pb2.Model(
-                    name=model.manifest.name,
-                    backbone=model.manifest.backbone,
-                    layers=[
-                        dream_pb2.Layer(name=layer.name, channels=layer.channels, stride=layer.stride)
-                        for layer in model.manifest.layers
-                    ],
-                    default_layers=model.manifest.default_layers,
-                    min_size=model.manifest.min_size,
-                    max_size=MAX_TILED_SIDE,
-                    supports_guide=all(layer.guide_graph for layer in model.manifest.layers),
-                    max_untiled_size=engine.untiled_limit(model),
-                    can_classify=model.manifest.classifier is not None,
-                )
-                for model in models
-            ],
-            default_model=models.default_name,
-            unavailable_models=[
-                dream_pb2.UnavailableModel(name=name, problem=problem) for name, problem in models.refused.items()
-            ],
-        )
+        return models_message(models, self._plane.engine.untiled_limit)
 
     async def Classify(
         self, request: dream_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
