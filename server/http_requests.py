@@ -67,13 +67,15 @@ def _json_value(field: FieldDescriptor, text: str) -> Any:
             return json.loads(text)  # maps and lists come as JSON
         except ValueError:
             return text  # ParseDict says what the field wants
-    return text  # numbers, booleans and enum names are all accepted as strings
+    if field.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
+        return {"true": True, "false": False}.get(text, text)  # the mapping takes no quoted boolean
+    return text  # numbers (int64 too, whole) and enum names are accepted as strings
 
 
 def _what_it_takes(field: FieldDescriptor) -> str:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         value = field.message_type.fields_by_name["value"]
-        example = '{"LAYER": [1, 2]}' if value.message_type is not None else '{"LAYER": 1.0}'
+        example = '{"LAYER": {"channels": [1, 2]}}' if value.message_type is not None else '{"LAYER": 1.0}'
         return f"a JSON object such as {example}"
     if field.enum_type is not None:
         return "one of " + ", ".join(value.name for value in field.enum_type.values)
