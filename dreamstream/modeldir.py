@@ -140,6 +140,10 @@ class Manifest:
     classifier: Classifier | None = None  # None: the weights had no classifier head
     # Relative path -> hex sha256 of every file in served_files(); empty in manifests older than it.
     files_sha256: dict[str, str] = field(default_factory=dict)
+    # > 1: the graphs run only on sides of min_size + k * size_step px (branches that line up
+    # only at some sizes, say pools that round differently); servers dream each octave at such
+    # a size. Manifests written before it have none: every side from min_size runs.
+    size_step: int = 1
 
     def served_files(self) -> tuple[str, ...]:
         """Every file (relative to the model dir) the server reads: graphs, weights, classifier, labels."""

@@ -34,11 +34,9 @@ from dreamstream.export.classify import (
     write_labels,
 )
 from dreamstream.export.graph import DERIVED_PREFIX, OPSET
+from dreamstream.export.sizes import SizeProbeError, WorkingSizes, working_sizes
 from dreamstream.export.weights import read_weights, sha256_of
 from dreamstream.modeldir import (
-    CHANNEL_WEIGHTS,
-    IMAGE,
-    LAYER_WEIGHTS,
     Classifier,
     Layer,
     Manifest,
@@ -191,14 +189,15 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
         write_labels(model_dir / LABELS_FILE)
         classifier = Classifier(CLASSIFIER_FILE, LABELS_FILE, IMAGENET_SIZE)
     sizes = _working_sizes(deepest_graph, len(layers), channel_offset, model.declared_size)
+    # ONNX Runtime pools a too-small input to a 1-pixel output instead of failing, so the
+    # deepest layer's stride (input pixels per activation pixel) is a floor too.
+    min_size = sizes.lifted_to(max(sizes.smallest, layers[-1].stride))
     manifest = Manifest(
         name=name,
         backbone=backbone,
         layers=tuple(layers),
         default_layers=dict(model.default_layers),
-        # ONNX Runtime pools a too-small input to a 1-pixel output instead of failing, so the
-        # deepest layer's stride (input pixels per activation pixel) is a floor too.
-        min_size=max(sizes.smallest, layers[-1].stride),
+        min_size=min_size,
         max_size=model.max_size,
         weights_file=WEIGHTS_FILE,
         weights_sha256=sha256_of(model_dir / WEIGHTS_FILE),
@@ -206,6 +205,7 @@ def write_model_dir(model: Backbone, model_dir: Path, name: str, backbone: str) 
         opset=OPSET,
         source=dict(model.source),
         fixed_size=sizes.fixed,
+        size_step=sizes.step,
         classifier=classifier,
     )
     # Every file hashed once written, so that a server checks each before use.
@@ -268,50 +268,9 @@ def _save(graph: onnx.ModelProto, path: Path, weights: _WeightsFile) -> None:
     onnx.save_model(graph, str(path))
 
 
-@dataclass(frozen=True)
-class WorkingSizes:
-    smallest: int  # the smallest square side the graphs run on
-    fixed: int = 0  # > 0: the only side they run on (a network exported with fixed shapes)
-
-
-# The export checks that a graph runs on pictures this large; one that runs only at its
-# declared size is a fixed-size model.
-PROBE_LARGE = 512
-
-
-def _working_sizes(graph_path: Path | None, layer_count: int, channel_total: int, declared: int | None) -> WorkingSizes:
-    """The square image sides the deepest graph runs on: the smallest (by bisection), or the
-    one size a fixed-shape network accepts."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # the failing probes are expected; keep them out of the log
+def _working_sizes(graph_path: Path, layer_count: int, channel_total: int, declared: int | None) -> WorkingSizes:
+    """The sizes the deepest graph runs on (see `sizes`), or an ExportError saying why none."""
     try:
-        session = ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # ORT's own error types: an op or attribute it cannot run
-        raise ExportError(f"ONNX Runtime cannot load the exported graph: {error}") from error
-    feeds = {
-        LAYER_WEIGHTS: np.ones(layer_count, np.float32),
-        CHANNEL_WEIGHTS: np.ones(channel_total, np.float32),
-    }
-
-    def works(side: int) -> bool:
-        try:
-            loss = session.run(["loss"], {IMAGE: np.full((1, 3, side, side), 0.5, np.float32), **feeds})[0]
-        except Exception:  # ORT raises its own error types for shapes a network cannot take
-            return False
-        return bool(np.isfinite(loss).all())
-
-    low, high = 1, PROBE_LARGE
-    if not works(high):
-        if declared and declared != high and works(declared):
-            return WorkingSizes(smallest=declared, fixed=declared)
-        at_declared = f" nor at its declared {declared}x{declared}" if declared else ""
-        raise ExportError(f"the exported graph does not run on a {high}x{high} image{at_declared}")
-    while low < high:
-        middle = (low + high) // 2
-        if works(middle):
-            high = middle
-        else:
-            low = middle + 1
-    return WorkingSizes(smallest=low)
+        return working_sizes(graph_path, layer_count, channel_total, declared)
+    except SizeProbeError as error:
+        raise ExportError(str(error)) from error

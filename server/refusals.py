@@ -118,6 +118,14 @@ class ModelUnavailable(Refusal):
         super().__init__(f"model {shown(name)} is not served: {problem}", field="model")
 
 
+class ModelCannotRun(Refusal):
+    """The model's graphs failed on a dream's picture: a size or input the export did not find it
+    could not take (a model exported before the export probed for sizes that fit, say)."""
+
+    kind = RefusalKind.FAILED_PRECONDITION
+    reason = "MODEL_CANNOT_RUN"
+
+
 class NoClassifier(Refusal):
     """Classify named a model exported without a classifier head."""
 

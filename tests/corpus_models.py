@@ -2,7 +2,8 @@
 
 Tiny widths, real topologies: each network follows its paper's block structure
 (AlexNet, SqueezeNet 1.0 and 1.1, DenseNet-121, ShuffleNet v1 and v2,
-MobileNet v2 and v3, Inception v2 with batch norm, ResNeXt, Wide ResNet,
+MobileNet v2 and v3, Inception v2 with batch norm (and with Caffe2's grid
+reductions, which line up at some sizes only), GoogLeNet with LRN, ResNeXt, Wide ResNet,
 RegNetY, MNASNet, EfficientNet-B0, ConvNeXt-T, and a few shapes of network
 those lack: a U-Net-style decoder with Resize, an attention block with MatMul
 and Softmax, an Xception with PReLU/ELU/LeakyReLU, a style network with
@@ -323,6 +324,53 @@ def inception_v2() -> nn.Module:
     return Classifier(stem, mid, deep, 32)
 
 
+class Reduction(nn.Module):
+    """BN-Inception's grid reduction as Caffe2 converted it: a strided convolution beside a
+    ceil-mode pool. Their maps line up only at sides of the right parity: the network runs
+    at some sizes only (every 8 px with two of them after a strided stem)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = conv_bn(cin, cout, 3, 2)
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.conv(x), self.pool(x)], 1)
+
+
+def aligned_inception() -> nn.Module:
+    stem = conv_bn(3, 8, 7, 2)
+    mid = nn.Sequential(Reduction(8, 8), InceptionV2Block(16, 4, (4, 8), (4, 8), 4))
+    deep = nn.Sequential(Reduction(24, 8), conv_bn(32, 32, 3))
+    return Classifier(stem, mid, deep, 32)
+
+
+class InceptionBlock(nn.Module):
+    """GoogLeNet's inception block: 1x1, 3x3, 5x5 and a pooled projection, concatenated."""
+
+    def __init__(self, cin: int, b1: int, b3: int, b5: int, pool: int) -> None:
+        super().__init__()
+        self.b1 = nn.Sequential(nn.Conv2d(cin, b1, 1), nn.ReLU())
+        self.b3 = nn.Sequential(nn.Conv2d(cin, b3, 1), nn.ReLU(), nn.Conv2d(b3, b3, 3, 1, 1), nn.ReLU())
+        self.b5 = nn.Sequential(nn.Conv2d(cin, b5, 1), nn.ReLU(), nn.Conv2d(b5, b5, 5, 1, 2), nn.ReLU())
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), nn.Conv2d(cin, pool, 1), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], 1)
+
+
+def googlenet_lrn() -> nn.Module:
+    """BVLC GoogLeNet's shape: ceil-mode pools and LocalResponseNorm after the stem."""
+    stem = nn.Sequential(
+        nn.Conv2d(3, 8, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True), nn.LocalResponseNorm(5, 1e-2, 0.75),
+        nn.Conv2d(8, 16, 3, 1, 1), nn.ReLU(), nn.LocalResponseNorm(4, 1e-2, 0.75, 2.0),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+    )  # fmt: skip
+    mid = InceptionBlock(16, 8, 8, 4, 4)
+    deep = nn.Sequential(nn.MaxPool2d(3, 2, ceil_mode=True), InceptionBlock(24, 8, 16, 4, 4))
+    return Classifier(stem, mid, deep, 32)
+
+
 # --- ResNeXt, Wide ResNet, RegNetY ---
 
 
@@ -502,6 +550,8 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "attention": Attention,
     "xception": xception,
     "style_net": style_net,
+    "aligned_inception": aligned_inception,
+    "googlenet_lrn": googlenet_lrn,
 }
 
 

@@ -3,7 +3,8 @@
 Each rewrite keeps the function the graph computes and changes only how it is
 written: batch norm as Unsqueeze/Mul/Add (Caffe2), Constant nodes instead of
 initializers, Reshape instead of Flatten, MatMul+Add instead of Gemm, Dropout
-left in the graph, convolution padding as an explicit Pad node. A network and
+left in the graph, convolution padding as an explicit Pad node; and what onnxslim
+makes of a file. A network and
 its rewrites must export alike and have the same gradient.
 """
 
@@ -183,6 +184,14 @@ def explicit_pads(model: onnx.ModelProto) -> onnx.ModelProto:
     return _Rewriter(model).rewrite(replace)
 
 
+def onnxslim_simplified(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as onnxslim's default simplification writes it (constant folding, fused and
+    eliminated nodes, shapes worked out), what many users run before they ship a file."""
+    import onnxslim
+
+    return onnxslim.slim(model)
+
+
 VARIANTS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
     "bn_as_mul_add": batch_norm_as_mul_add,
     "constants_as_nodes": initializers_as_constants,
@@ -190,4 +199,5 @@ VARIANTS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
     "gemm_as_matmul_add": gemm_as_matmul_add,
     "old_dropout": with_dropout,
     "explicit_pads": explicit_pads,
+    "onnxslim": onnxslim_simplified,
 }

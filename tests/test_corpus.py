@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ import pytest
 import torch
 from conftest import assert_graphs_pass_checker_and_cuda_audit, shared_image
 from corpus_models import ARCHITECTURES, build
+from keras_models import ARCHITECTURES as KERAS_ARCHITECTURES
 from onnx_variants import VARIANTS
 
 from dreamstream.export.api import OnnxOptions, export_model
@@ -62,14 +65,22 @@ REPRESENTATIVE = [
     CorpusCase("mobilenet_v3", 17),  # HardSwish, HardSigmoid, squeeze-excitation
     CorpusCase("shufflenet_v1", 17, False),  # channel shuffles fixed at the traced size: a fixed-size model
     CorpusCase("convnext_t", 20, False, exporter="dynamo"),  # torch's default exporter: attributes newer than 17
+    # torch's default exporter writes LRN as a 5-D Reshape (frozen at the traced size), Pad and 3-D AveragePool
+    CorpusCase("googlenet_lrn", 20, False, exporter="dynamo"),
+    CorpusCase("aligned_inception", 13),  # branches that line up every 8 px only: the manifest's size_step
+    CorpusCase("mobilenet_v2", 17, variants=("onnxslim",)),  # as onnxslim simplifies it
 ]
 # Static exports whose reshapes freeze the traced size: they run at EXPORT_SIZE only.
 FIXED_SIZE = {"shufflenet_v1", "shufflenet_v2", "attention", "unet"}
 # At opset 9 with dynamic shapes torch's TorchScript exporter cannot write a ceil-mode pool's
 # padding, a chunk of unknown size, nor an interpolation to a size known at run time.
 TORCH_CANNOT_EXPORT = {
-    (arch, 9, True) for arch in ("squeezenet1.0", "squeezenet1.1", "inception_v2", "attention", "unet")
-}
+    (arch, 9, True)
+    for arch in ("squeezenet1.0", "squeezenet1.1", "inception_v2", "attention", "unet", "aligned_inception",
+                 "googlenet_lrn")
+}  # fmt: skip
+# Sides a network runs on, by the manifest's size_step: one that runs every 8 px only.
+SIZE_STEP = {"aligned_inception": 8}
 
 
 def _long_cases() -> list[CorpusCase]:
@@ -144,22 +155,60 @@ def test_corpus_model_exports_with_the_gradient_of_torch(case: CorpusCase, corpu
     manifest = read_manifest(model_dir)
     fixed = not case.dynamic and case.arch in FIXED_SIZE
     assert manifest.fixed_size == (EXPORT_SIZE if fixed else 0)
+    assert manifest.size_step == (1 if fixed else SIZE_STEP.get(case.arch, 1))
 
-    side = CHECK_SIZE if case.dynamic else EXPORT_SIZE
+    step, low = manifest.size_step, manifest.min_size
+    side = low + -(-(CHECK_SIZE - low) // step) * step if case.dynamic else EXPORT_SIZE
     image = np.random.default_rng(0).uniform(0, 1, (1, 3, side, side)).astype(np.float32)
-    session = ort.InferenceSession(str(model_dir / manifest.layers[-1].graph), providers=["CPUExecutionProvider"])
-    feeds = {
-        "image": image,
-        "layer_weights": np.ones(2, np.float32),
-        "channel_weights": np.ones(manifest.channel_total, np.float32),
-    }
-    _, grad, _ = session.run(None, feeds)
+    grad = _our_gradient(model_dir, image)
     reference = build(case.arch)
     exact = _torch_gradient(reference, image, torch.float64)
     torch_error = _relative_l2(_torch_gradient(reference, image, torch.float32), exact)
     our_error = _relative_l2(grad, exact)
     _report(case, our_error, torch_error, export_seconds, onnx_path)
     assert our_error <= max(1e-3, 2 * torch_error), f"ours {our_error:.2e}, torch float32 {torch_error:.2e}"
+
+
+def _our_gradient(model_dir: Path, image: np.ndarray) -> np.ndarray:
+    """The exported deepest gradient graph's d loss / d image, every layer at weight 1."""
+    manifest = read_manifest(model_dir)
+    session = ort.InferenceSession(str(model_dir / manifest.layers[-1].graph), providers=["CPUExecutionProvider"])
+    feeds = {
+        "image": image,
+        "layer_weights": np.ones(len(manifest.layers), np.float32),
+        "channel_weights": np.ones(manifest.channel_total, np.float32),
+    }
+    return session.run(["grad"], feeds)[0]
+
+
+@pytest.fixture(scope="module")
+def keras_files(corpus_dir: Path) -> Path:
+    """The Keras networks as tf2onnx converts them, with TensorFlow's float64 gradients (a
+    subprocess of their own: see keras_models.py)."""
+    folder = corpus_dir / "keras"
+    script = Path(__file__).with_name("keras_models.py")
+    result = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+@pytest.mark.parametrize("name", KERAS_ARCHITECTURES)
+def test_keras_model_converted_by_tf2onnx_exports_with_the_gradient_of_tensorflow(
+    name: str, keras_files: Path, corpus_dir: Path
+) -> None:
+    """tf2onnx as it delivers a file: NHWC input, the ai.onnx.ml import, 'same' pooling (auto_pad),
+    feature outputs transposed to NHWC. The oracle is TensorFlow's own float64 autodiff."""
+    model_dir = export_model(
+        "onnx",
+        corpus_dir / "models",
+        name=name,
+        onnx_options=OnnxOptions(keras_files / f"{name}.onnx", ["mid", "deep"]),
+    )
+    assert_graphs_pass_checker_and_cuda_audit(model_dir)
+    reference = np.load(keras_files / f"{name}.npz")
+    our_error = _relative_l2(_our_gradient(model_dir, reference["image"]), reference["grad64"])
+    tensorflow_error = _relative_l2(reference["grad32"], reference["grad64"])
+    assert our_error <= max(1e-6, 2 * tensorflow_error), f"ours {our_error:.2e}, TF float32 {tensorflow_error:.2e}"
 
 
 def _report(case: CorpusCase, ours: float, torch_error: float, seconds: float, onnx_path: Path) -> None:
@@ -172,23 +221,47 @@ def _report(case: CorpusCase, ours: float, torch_error: float, seconds: float, o
         out.write(json.dumps(line) + "\n")
 
 
-def test_corpus_models_dream_through_a_real_server(corpus_dir: Path, start_server) -> None:
-    """Every model the corpus tests exported is served by one real server and dreams on a photograph,
-    the fixed-size ones too."""
+def _final_frames(corpus_dir: Path, start_server, prefixes: tuple[str, ...], sides: tuple[int, ...], **options):
+    """{(model, side): final Frame} of a dream of the coffee photograph (600x400) at each side, through one
+    real server of every model exported in this run whose name starts with one of `prefixes`."""
     from dreamstream.client import DreamClient, Frame
     from dreamstream.server.models import ModelRepository
 
     models = corpus_dir / "models"
     exported = sorted(path.name for path in models.iterdir() if (path / "manifest.json").is_file())
+    exported = [name for name in exported if name.startswith(prefixes)]
     if not exported:
-        pytest.skip("no corpus model was exported in this run")
+        pytest.skip("no such corpus model was exported in this run")
     repository = ModelRepository(models, device="cpu")
     repository.load()
     server = start_server(repository)
-    photo = shared_image("coffee.png")
+    finals = {}
     with DreamClient(server.target) as client:
         for name in exported:
-            # A fixed-size model (fixed_size 64) is dreamed by the server in tiles of its size.
-            events = client.dream(photo, model=name, max_size=96, octaves=2)
-            frames = [event for event in events if isinstance(event, Frame)]
-            assert frames and frames[-1].final and max(frames[-1].width, frames[-1].height) == 96, name
+            for side in sides:
+                events = client.dream(shared_image("coffee.png"), model=name, max_size=side, **options)
+                finals[name, side] = [event for event in events if isinstance(event, Frame)][-1]
+    return finals
+
+
+def test_corpus_models_dream_through_a_real_server(corpus_dir: Path, start_server) -> None:
+    """Every model the corpus tests exported is served by one real server and dreams on a photograph,
+    the fixed-size ones too (fixed_size 64: the server dreams them in tiles of its size)."""
+    for (name, _), final in _final_frames(corpus_dir, start_server, ("",), (96,), octaves=2).items():
+        assert final.final and (final.width, final.height) == (96, 64), name
+
+
+# The models of the other toolchains and of sizes that fit, by the start of their names.
+OTHER_TOOLCHAINS = (
+    "keras_",
+    "googlenet_lrn-",
+    "aligned_inception-",
+    "mobilenet_v2-torchscript-opset17-dynamic-onnxslim",
+)
+
+
+def test_other_toolchains_dream_on_a_non_square_photograph_at_256_and_600_px(corpus_dir: Path, start_server) -> None:
+    """Not one octave fails on its size (a network that runs every 8 px only has octaves of every size)."""
+    finals = _final_frames(corpus_dir, start_server, OTHER_TOOLCHAINS, (256, 600), octaves=3, steps_per_octave=2)
+    for (name, side), final in finals.items():
+        assert final.final and (final.width, final.height) == (side, round(side * 2 / 3)), (name, side)

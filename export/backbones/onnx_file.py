@@ -19,8 +19,10 @@ import onnx
 from onnx import TensorProto
 
 from dreamstream.export.backbone import Backbone, DreamLayer
+from dreamstream.export.backbones.onnx_idioms import size_free
 from dreamstream.export.backbones.onnx_opset import OpsetError, to_opset
 from dreamstream.export.graph import EXTERNAL_MIN_ELEMENTS, OPSET, tensor_info
+from dreamstream.export.sizes import STEP_WINDOW
 from dreamstream.modeldir import Preprocessing
 
 PROBE_SIZE = 224
@@ -72,8 +74,9 @@ def load_onnx_backbone(options) -> Backbone:
         raise OnnxBackboneError(f"{path.name} has no tensor {detail}; `dreamstream layers --onnx` lists the candidates")
 
     declared = declared_size(graph)
-    forward = _forward(graph, image_input, names)
-    layers = _measure_layers(forward, names, declared or PROBE_SIZE)
+    tensors = [_channels_first(graph, name) for name in names]
+    forward = _forward(graph, image_input, tensors)
+    layers = _measure_layers(forward, names, tensors, declared or PROBE_SIZE)
     weight_names = frozenset(
         init.name
         for init in forward.graph.initializer
@@ -129,8 +132,7 @@ def _candidates(graph: onnx.GraphProto, image_input: str) -> list[Candidate]:
     ]
     if not names:
         return []
-    size = declared_size(graph) or PROBE_SIZE
-    values = _run(_forward(graph, image_input, names), names, size)
+    size, values = _run(_forward(graph, image_input, names), names, declared_size(graph) or PROBE_SIZE)
     return [
         Candidate(name, ops[name], int(value.shape[1]), max(1, round(size / value.shape[2])))
         for name, value in zip(names, values, strict=True)
@@ -158,6 +160,16 @@ def _finished_by_the_next_op(consumers: list[onnx.NodeProto]) -> bool:
     return len(consumers) == 1 and consumers[0].op_type in {"Relu", "Clip", "BatchNormalization", "Mul", "Add"}
 
 
+def _channels_first(graph: onnx.GraphProto, name: str) -> str:
+    """The NCHW tensor a layer named by its channels-last form holds: TensorFlow's converters end a
+    Keras model's feature outputs with a Transpose to NHWC of the NCHW map they computed."""
+    for node in graph.node:
+        if node.output and node.output[0] == name and node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            return node.input[0] if perm == [0, 2, 3, 1] else name
+    return name
+
+
 def _read_model(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise OnnxBackboneError(f"ONNX file {path} does not exist")
@@ -166,7 +178,7 @@ def _read_model(path: Path) -> onnx.ModelProto:
     except Exception as error:  # onnx raises DecodeError and others for a bad file
         raise OnnxBackboneError(f"{path} is not a readable ONNX model: {error}") from error
     try:
-        return to_opset(model, path.name)
+        return size_free(to_opset(model, path.name))
     except OpsetError as error:
         raise OnnxBackboneError(str(error)) from error
 
@@ -245,28 +257,38 @@ def declared_size(graph: onnx.GraphProto) -> int | None:
     return height if height and height == width else None
 
 
-def _run(forward: onnx.ModelProto, names: list[str], size: int) -> list[np.ndarray]:
-    """The named tensors for one grey size x size picture."""
+def _run(forward: onnx.ModelProto, names: list[str], size: int) -> tuple[int, list[np.ndarray]]:
+    """The named tensors for a grey square picture: of side `size`, or of the next side the network
+    runs at (one whose branches line up only at some sizes), and that side."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # ORT's warnings about the user's graph are not the user's business here
     try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # ORT's warnings about the user's graph are not the user's business here
         session = ort.InferenceSession(forward.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        probe = np.full((1, 3, size, size), 0.5, np.float32)
-        return session.run([_NAMESPACE + name for name in names], {forward.graph.input[0].name: probe})
     except Exception as error:  # ORT's own exception types
-        raise OnnxBackboneError(f"the network does not run on a {size}px image: {error}") from error
+        raise OnnxBackboneError(f"ONNX Runtime cannot load the network: {error}") from error
+    first_error = None
+    for side in range(size, size + STEP_WINDOW):
+        probe = np.full((1, 3, side, side), 0.5, np.float32)
+        try:
+            return side, session.run([_NAMESPACE + name for name in names], {forward.graph.input[0].name: probe})
+        except Exception as error:  # ORT's own exception types
+            first_error = first_error or error
+    raise OnnxBackboneError(f"the network does not run on a {size}px image: {first_error}")
 
 
-def _measure_layers(forward: onnx.ModelProto, names: list[str], probe_size: int) -> list[DreamLayer]:
-    """Channels and stride of each named tensor, from one run at `probe_size` (the declared size, if any:
-    a network exported with fixed shapes may run at no other)."""
+def _measure_layers(
+    forward: onnx.ModelProto, names: list[str], tensors: list[str], probe_size: int
+) -> list[DreamLayer]:
+    """Channels and stride of each named layer (computed by its tensor in `tensors`), from one run at
+    `probe_size` (the declared size, if any: a network exported with fixed shapes may run at no other)."""
     layers = []
-    for name, value in zip(names, _run(forward, names, probe_size), strict=True):
+    probe_size, values = _run(forward, tensors, probe_size)
+    for name, tensor, value in zip(names, tensors, values, strict=True):
         if value.ndim != 4:
             raise OnnxBackboneError(f"tensor {name!r} has shape {value.shape}; dream layers must be [N,C,H,W]")
         stride = max(1, round(probe_size / value.shape[2]))
-        layers.append(DreamLayer(name, _NAMESPACE + name, int(value.shape[1]), stride))
+        layers.append(DreamLayer(name, _NAMESPACE + tensor, int(value.shape[1]), stride))
     order = {out: i for i, node in enumerate(forward.graph.node) for out in node.output}
     return sorted(layers, key=lambda layer: order[layer.tensor])

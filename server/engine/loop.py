@@ -30,6 +30,7 @@ import onnxruntime as ort
 
 from dreamstream.modeldir import CHANNEL_MEANS, CHANNEL_WEIGHTS, GUIDE, IMAGE, LAYER_WEIGHTS
 from dreamstream.server.engine.colours import keep_original_colours
+from dreamstream.server.engine.fitting import SizeFit, fitted_stepper
 from dreamstream.server.engine.limits import DEFAULT_LIMITS, Limits
 from dreamstream.server.engine.normalise import ascent_direction
 from dreamstream.server.engine.objectives import channel_weights, ranking_picture
@@ -39,9 +40,15 @@ from dreamstream.server.engine.request import DreamSpec
 from dreamstream.server.engine.steppers import BoundSteps, GradientSteps, HostSteps, Stepper, step_constants
 from dreamstream.server.engine.tiling import TiledSteps, untiled_limit
 from dreamstream.server.models import Model, ModelRepository
-from dreamstream.server.refusals import TimeLimit
+from dreamstream.server.refusals import ModelCannotRun, TimeLimit
 
 _UINT64 = 2**64 - 1
+# What ONNX Runtime raises when a graph cannot run on its input (a shape its ops cannot take).
+_ORT_FAILURES = (
+    ort.capi.onnxruntime_pybind11_state.Fail,
+    ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+    ort.capi.onnxruntime_pybind11_state.RuntimeException,
+)
 
 
 class DreamCancelled(Exception):
@@ -150,9 +157,11 @@ class DreamEngine:
             image = np.clip(base if detail is None else base + resize(detail, height, width), 0, 1)
             if plan.channels.ranked and plan.channels.per_octave:
                 weights = self._ranked_weights(plan, image)
-            stepper = self._stepper(plan, weights, guide)
+            fit = SizeFit.of(plan.model.manifest)
+            stepper = fitted_stepper(self._stepper(plan, weights, guide), (height, width), fit)
             stepper.start(image)
-            tiles = plan.tiling.count(height, width) if plan.tiling else 1
+            tiles = plan.tiling.count(*fit.size((height, width))) if plan.tiling else 1
+            stepper = _Refusing(stepper, plan.model.name, fit.size((height, width)))
             for step in range(1, params.steps_per_octave + 1):
                 if cancel is not None and cancel.is_set():
                     raise DreamCancelled(f"cancelled at octave {octave}, step {step}")
@@ -204,14 +213,15 @@ class DreamEngine:
     def _ranked_weights(self, plan: DreamPlan, image: np.ndarray) -> np.ndarray:
         """Channel weights with the channel mode's layers ranked on `image` (3xHxW)."""
         session = plan.model.session(plan.model.graph_for(plan.params.layers))
-        picture = ranking_picture(image, plan.tiling, plan.model.manifest.min_size)
+        manifest = plan.model.manifest
+        picture = SizeFit.of(manifest).resized(ranking_picture(image, plan.tiling, manifest.min_size))
         feeds = {
             IMAGE: np.ascontiguousarray(picture[None], np.float32),
             LAYER_WEIGHTS: plan.layer_weights,
-            CHANNEL_WEIGHTS: np.ones(plan.model.manifest.channel_total, np.float32),
+            CHANNEL_WEIGHTS: np.ones(manifest.channel_total, np.float32),
         }
         (means,) = session.run([CHANNEL_MEANS], feeds)
-        return channel_weights(plan.model.manifest, plan.channels, means[0])
+        return channel_weights(manifest, plan.channels, means[0])
 
     def _stepper(self, plan: DreamPlan, channel_weights: np.ndarray, guide: np.ndarray | None) -> Stepper:
         params = plan.params
@@ -232,6 +242,32 @@ class DreamEngine:
         if keep:
             return BoundSteps(session, constants, device)
         return HostSteps(session, constants)
+
+
+class _Refusing:
+    """A stepper whose ONNX Runtime failures are a refusal that says what to do, not an internal error:
+    the export probes the sizes a model runs on, so only a model exported before it (or a
+    graph broken since) fails here."""
+
+    def __init__(self, inner: Stepper, model: str, size: tuple[int, int]) -> None:
+        self._inner = inner
+        self._model = model
+        self._size = size
+
+    def step(self, shift: np.ndarray) -> float:
+        try:
+            return self._inner.step(shift)
+        except _ORT_FAILURES as error:
+            height, width = self._size
+            detail = str(error).split("Status Message: ")[-1].splitlines()[0][:200]
+            raise ModelCannotRun(
+                f"model {self._model} cannot run on a {width}x{height} px octave ({detail}): re-export it with "
+                "this version of dreamstream, which records the sizes it runs on, or dream another max_size",
+                field="model",
+            ) from error
+
+    def result(self) -> np.ndarray:
+        return self._inner.result()
 
 
 def _with_colours_of(image: np.ndarray, original: np.ndarray) -> np.ndarray:

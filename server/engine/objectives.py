@@ -21,6 +21,7 @@ import numpy as np
 
 from dreamstream.modeldir import Manifest
 from dreamstream.server import imaging
+from dreamstream.server.engine.fitting import SizeFit
 from dreamstream.server.engine.octaves import resize
 from dreamstream.server.engine.request import DEFAULT_CHANNEL_COUNT, ChannelMode, DreamSpec
 from dreamstream.server.engine.tiling import Tiling
@@ -140,12 +141,15 @@ class Guide:
     graph: str
     max_pixels: int = imaging.MAX_INPUT_PIXELS  # the most it may decode to before scaling
     fixed_size: int = 0  # > 0: the model runs only on squares of this side; the guide is resized to one
+    fit: SizeFit = SizeFit()  # the sides the model runs on otherwise; the guide is resized to fit them
 
     def pixels(self) -> np.ndarray:
         """The guide as the guide graph takes it: 1x3xhxw float32 RGB in [0, 1]."""
         picture = imaging.decode(self.data, self.max_size, self.max_pixels).transpose(2, 0, 1)
         if self.fixed_size:
             picture = resize(np.ascontiguousarray(picture), self.fixed_size, self.fixed_size)
+        else:
+            picture = self.fit.resized(np.ascontiguousarray(picture))
         return np.ascontiguousarray(picture[None], np.float32)
 
 
@@ -186,4 +190,4 @@ def plan_guide(
             reason="IMAGE_TOO_SMALL",
             field="guide",
         )
-    return Guide(spec.guide, max_size, layer.guide_graph, max_pixels, manifest.fixed_size)
+    return Guide(spec.guide, max_size, layer.guide_graph, max_pixels, manifest.fixed_size, SizeFit.of(manifest))

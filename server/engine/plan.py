@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dreamstream.server import imaging
+from dreamstream.server.engine.fitting import SizeFit
 from dreamstream.server.engine.limits import DEFAULT_LIMITS, Limits, decode_memory, step_memory
 from dreamstream.server.engine.objectives import ChannelSelection, Guide, channel_weights, plan_channels, plan_guide
 from dreamstream.server.engine.octaves import octave_sizes
@@ -105,7 +106,9 @@ def plan_dream(spec: DreamSpec, models: ModelRepository, limits: Limits = DEFAUL
     layer_weights = _layer_weights(model, params.layers)
     start = _start(spec, model, limits)
     height, width = start.size
-    sizes = octave_sizes(height, width, params.octaves, params.octave_scale, manifest.min_size, params.octaves_above)
+    fit = SizeFit.of(manifest)
+    floor = fit.octave_floor(start.size)
+    sizes = octave_sizes(height, width, params.octaves, params.octave_scale, floor, params.octaves_above)
     if max(sizes[-1]) > MAX_TILED_SIDE:
         raise InvalidRequest(
             f"{params.octaves_above} octave(s) above the picture reach {sizes[-1][1]}x{sizes[-1][0]} px, "
@@ -130,7 +133,7 @@ def plan_dream(spec: DreamSpec, models: ModelRepository, limits: Limits = DEFAUL
         gradient_graph=guide.graph if guide else model.graph_for(params.layers) if reshaped else None,
         tiling=plan_tiling(
             manifest,
-            sizes[-1],
+            fit.size(sizes[-1]),
             spec.tile_size,
             spec.tile_overlap,
             limits,
@@ -227,10 +230,11 @@ def _start(spec: DreamSpec, model: Model, limits: Limits) -> Start:
             field="image",
         )
     height, width = start.size
-    if min(height, width) < manifest.min_size:
+    smallest = SizeFit.of(manifest).smallest_picture()
+    if min(height, width) < smallest:
         raise InvalidRequest(
             f"the picture is {width}x{height} px; model {manifest.name} needs at least "
-            f"{manifest.min_size} px on each side: send a larger picture",
+            f"{smallest} px on each side: send a larger picture",
             reason="IMAGE_TOO_SMALL",
             field="image",
         )

@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dreamstream.modeldir import GRAD, IMAGE, LOSS, Manifest
+from dreamstream.server.engine.fitting import SizeFit
 from dreamstream.server.engine.limits import STEP_BASE_BYTES, Limits, step_memory
 from dreamstream.server.engine.normalise import NORMALISE_EPSILON
 from dreamstream.server.refusals import InvalidRequest
@@ -246,6 +247,7 @@ def plan_tiling(
             fixed=True,
             align=min(stride, manifest.fixed_size // MAX_MARGIN_FRACTION),
         )
+    fit = SizeFit.of(manifest)
     if tile_size:
         if not manifest.min_size <= tile_size <= manifest.max_size:
             raise InvalidRequest(
@@ -254,12 +256,21 @@ def plan_tiling(
                 reason="OUT_OF_RANGE",
                 field="tile_size",
             )
+        if fit.side(tile_size) != tile_size:
+            raise InvalidRequest(
+                f"tile_size {tile_size} is a side model {manifest.name} cannot run on: it runs on "
+                f"{manifest.min_size} + k * {manifest.size_step} px, so use {fit.side(tile_size)}, or 0 to let "
+                "the server decide",
+                reason="OUT_OF_RANGE",
+                field="tile_size",
+            )
     else:
         limit = untiled_limit(manifest, limits)
         if height * width <= limit * limit and max(height, width) <= manifest.max_size:
             return None
-        # A tile's step fits the budget as a whole picture's would at the untiled limit.
-        tile_size = max(manifest.min_size, min(AUTO_TILE_SIZE, limit - limit % 64 or limit))
+        # A tile's step fits the budget as a whole picture's would at the untiled limit (on a
+        # side the model runs on).
+        tile_size = fit.side(max(manifest.min_size, min(AUTO_TILE_SIZE, limit - limit % 64 or limit)))
     overlap = _overlap(tile_size, tile_overlap)
     if max(height, width) <= tile_size:
         return None  # one tile: the untiled step graph does exactly that, faster
