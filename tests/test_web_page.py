@@ -77,6 +77,7 @@ def page_state(browser) -> dict:
             error: document.getElementById("error").hidden ? "" : document.getElementById("error").textContent,
             download: document.getElementById("download").hidden ? "" : document.getElementById("download").href,
             dreaming: document.getElementById("dream").disabled,
+            models: document.querySelectorAll("#model option").length,
         };"""
     )
 
@@ -158,3 +159,32 @@ def test_a_refused_picture_shows_the_servers_message(browser, gateway, tmp_path)
     assert "FORMAT_NOT_ALLOWED" in final["error"] and "HTTP 400" in final["error"]
     assert "PNG, JPEG" in final["error"]  # the server's own message: what to send instead
     assert final["status"] == "refused" and final["octaves"] == []
+
+
+@pytest.fixture(scope="module")
+def guarded_gateway(lite0_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tokens = tmp_path_factory.mktemp("web-tokens") / "tokens"
+    tokens.write_text("page-token\n")
+    server = GatewayProcess(lite0_dir.parent, "--auth-token-file", str(tokens))
+    yield server
+    assert server.stop() == 0
+
+
+def test_with_a_token_file_the_page_asks_for_the_token_and_then_dreams(browser, guarded_gateway, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{guarded_gateway.url}/")
+    asked = watch(browser, lambda state: state["error"] != "", timeout=30)[-1]
+    assert "MISSING_TOKEN" in asked["error"] and "Authorization: Bearer" in asked["error"]
+    assert browser.find_element(By.ID, "token-label").is_displayed()
+    browser.find_element(By.ID, "token").send_keys("page-token", Keys.TAB)  # `change` loads the models again
+    watch(browser, lambda state: state["error"] == "" and state["models"] > 0, timeout=30)
+    browser.find_element(By.ID, "picture").send_keys(str(shared_image("coffee.png")))
+    for element_id, value in {"octaves": "1", "steps": "2", "max-size": "64"}.items():
+        browser.find_element(By.ID, element_id).clear()
+        browser.find_element(By.ID, element_id).send_keys(value)
+    browser.find_element(By.ID, "original-colors").click()
+    browser.find_element(By.ID, "dream").click()
+    final = watch(browser, lambda state: state["status"].startswith("done"))[-1]
+    assert final["octaves"] == [1] and final["error"] == ""

@@ -60,9 +60,10 @@ function fillLayers() {
 function formOf() {
   const form = new FormData();
   form.append("image", $("picture").files[0]);
-  for (const input of ["model", "octaves", "steps", "step-size", "max-size", "seed"].map($)) {
+  for (const input of ["model", "octaves", "steps", "step-size", "octave-scale", "max-size", "seed"].map($)) {
     if (input.value !== "") form.append(input.name, input.value);
   }
+  if ($("original-colors").checked) form.append("original_colors", "true");
   if ($("layer").value) form.append("layers", JSON.stringify({ [$("layer").value]: 1 }));
   return form;
 }
