@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dreamstream.server.refusals import Busy, Draining, Refusal
+from dreamstream.server.refusals import Busy, Draining
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +153,13 @@ def draining() -> Draining:
 
 
 class Control:
-    """How the server stops one admitted dream: the flag its worker checks, and the refusal to end it with."""
+    """How the server stops one admitted call: the flag its worker checks, and the error to end it with
+    (a Refusal such as Draining, or the data plane's CallCancelled when its caller cancels it)."""
 
     def __init__(self) -> None:
         self.cancel = threading.Event()
-        self.stopped_by: Refusal | None = None
+        self.stopped_by: Exception | None = None
 
-    def stop(self, refusal: Refusal) -> None:
-        self.stopped_by = refusal
+    def stop(self, reason: Exception) -> None:
+        self.stopped_by = reason
         self.cancel.set()

@@ -15,7 +15,9 @@ import enum
 
 
 class RefusalKind(enum.Enum):
-    """What sort of problem a refusal is; the adapter maps each to one status."""
+    """What sort of problem a refusal is; the adapter maps each to one status. Each kind is named
+    as the canonical status code it maps to: metrics and access lines record the call's end by
+    that name, whatever the transport."""
 
     INVALID_ARGUMENT = "invalid argument"  # the request itself must change
     NOT_FOUND = "not found"  # it names something the server does not have

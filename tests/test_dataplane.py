@@ -22,11 +22,12 @@ from dreamstream.server.dataplane import (
     EncodedOctave,
     Queued,
     Started,
+    outcome_of,
 )
 from dreamstream.server.engine import DreamSpec, Step
 from dreamstream.server.engine.video import VideoSpec
 from dreamstream.server.engine.zoom import ZoomSpec
-from dreamstream.server.refusals import Busy, Draining, InvalidRequest, SlowReader
+from dreamstream.server.refusals import Busy, Draining, InvalidRequest, Refusal, RefusalKind, SlowReader
 from dreamstream.server.telemetry import DreamListener, DreamRecord, Telemetry
 
 SMALL = DreamSpec(noise_size=(64, 64), octaves=2, steps_per_octave=3)
@@ -275,3 +276,39 @@ def test_a_zoom_starts_with_its_frame_count_and_sends_its_frames_in_order(engine
     frames = [event for event in events[1:] if isinstance(event, EncodedFrame)]
     assert [frame.frame.index for frame in frames] == [0, 1]
     assert all(frame.format.name == "png" and frame.data.startswith(b"\x89PNG") for frame in frames)
+
+
+@pytest.mark.parametrize("kind", list(RefusalKind))
+def test_a_refusal_is_recorded_by_the_name_of_the_status_the_grpc_adapter_answers(kind: RefusalKind) -> None:
+    from dreamstream.server.error_status import status_of
+
+    refusal = Refusal("refused")
+    refusal.kind = kind
+    assert outcome_of(refusal) == status_of(refusal).name
+
+
+def test_busy_while_a_zoom_runs_says_when_it_is_expected_to_end(engine: Any) -> None:
+    """A zoom knows how many frames it makes: its frames done so far estimate its time left."""
+
+    async def scenario(plane: DataPlane, ended: Ended) -> float | None:
+        send = Collect()
+        zoom = plane.call(CallKind.ZOOM, "long zoom")
+
+        async def work() -> None:
+            async with zoom:
+                spec = DreamSpec(noise_size=(64, 64), octaves=1, steps_per_octave=2)
+                await zoom.zoom(ZoomSpec(spec, frames=1000), send)
+
+        running = asyncio.create_task(work())
+        while not any(isinstance(event, EncodedFrame) for event in send.events):
+            await asyncio.sleep(0.01)
+        with pytest.raises(Busy) as refused:
+            async with plane.call(CallKind.CLASSIFY, "refused") as call:
+                await call.classify(shared_image("chelsea.png").read_bytes())
+        zoom.cancel()
+        with pytest.raises(CallCancelled):
+            await running
+        return refused.value.retry_after
+
+    retry_after = in_plane(engine, scenario, max_concurrent=1, max_queue=0)
+    assert retry_after is not None and retry_after > 0
