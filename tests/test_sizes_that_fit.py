@@ -5,6 +5,7 @@ mid-way on a size the export knew of; fixed-size models dream pictures smaller t
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -153,3 +154,53 @@ def test_a_fixed_size_model_dreams_a_photograph_smaller_than_its_input(fixed_224
     original = Image.open(shared_image("chelsea.png")).convert("RGB").resize((256, 170))
     dreamed = frames[-1].image().convert("RGB")
     assert np.abs(np.asarray(dreamed, np.float32) - np.asarray(original, np.float32)).mean() > 2.0
+
+
+@pytest.fixture(scope="module")
+def aligned_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Caffe2-style Inception whose branches line up every 8 px only, exported now, and the same
+    export with the manifest an older version wrote (no size_step)."""
+    from corpus_models import build
+
+    folder = tmp_path_factory.mktemp("aligned")
+    path = folder / "aligned.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            build("aligned_inception"), torch.zeros(1, 3, 64, 64), str(path), opset_version=13, dynamo=False,
+            input_names=["input"], output_names=["mid", "deep", "logits"],
+            dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}},
+        )  # fmt: skip
+    models = folder / "models"
+    model_dir = export_model("onnx", models, name="aligned", onnx_options=OnnxOptions(path, ["mid", "deep"]))
+    older = shutil.copytree(model_dir, models / "aligned-older")
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["size_step"]
+    manifest["name"] = "aligned-older"
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    return models
+
+
+def test_a_network_that_runs_every_8_px_dreams_every_octave_and_an_older_export_is_refused_by_name(
+    aligned_models: Path, start_server
+):
+    """The issue's INTERNAL from ONNX Runtime's Concat mid-dream: the export now records size_step and
+    every octave is padded to a side that runs; a model exported before that is refused as
+    FAILED_PRECONDITION (MODEL_CANNOT_RUN) with the size and what to do, never INTERNAL."""
+    from dreamstream.client import DreamClient, Frame, ModelUnavailable
+    from dreamstream.server.models import ModelRepository
+
+    manifest = read_manifest(aligned_models / "aligned")
+    assert manifest.size_step == 8
+    repository = ModelRepository(aligned_models, device="cpu")
+    repository.load()
+    server = start_server(repository)
+    photo = shared_image("coffee.png")
+    with DreamClient(server.target) as client:
+        events = client.dream(photo, model="aligned", max_size=100, octaves=3, steps_per_octave=1)
+        final = [event for event in events if isinstance(event, Frame)][-1]
+        assert final.final and (final.width, final.height) == (100, 67)
+        with pytest.raises(ModelUnavailable) as refused:
+            list(client.dream(photo, model="aligned-older", max_size=100, octaves=3, steps_per_octave=1))
+    assert refused.value.reason == "MODEL_CANNOT_RUN"
+    assert "aligned-older" in str(refused.value) and "re-export" in str(refused.value)
