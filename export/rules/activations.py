@@ -8,13 +8,18 @@ import onnx
 
 from dreamstream.export.rules.context import Grads, RuleContext, UnsupportedOperator, attr, only_inputs
 
-# Masks are built with Sign on float tensors rather than Greater + Where: ONNX Runtime's
-# CPU kernels for bool tensors are about three times slower.
+# Masks are a comparison cast to float and a Mul: on ONNX Runtime's CPU that is a third
+# cheaper than Sign (whose kernel is not vectorised) and Mul, and four times cheaper than
+# Where (64x256x256, one thread: 4.4 ms, 6.7 ms, 20 ms).
+
+
+def _mask(ctx: RuleContext, condition: str, hint: str) -> str:
+    return ctx.builder.op("Cast", condition, hint=hint, to=onnx.TensorProto.FLOAT)
 
 
 def relu(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
     g = ctx.builder
-    positive = g.op("Sign", node.output[0], hint="relu_mask")  # y >= 0: 1 where y > 0, else 0
+    positive = _mask(ctx, g.op("Greater", node.output[0], g.const(0.0)), "relu_mask")
     return {0: g.op("Mul", dy[0], positive, hint="relu_grad")}
 
 
@@ -26,22 +31,19 @@ def leaky_relu(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[in
 
 
 def clip(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
-    # The gradient passes where min < x < max, that is where min < y < max for y = clip(x):
-    # there (y - min) * (max - y) > 0, elsewhere it is 0, and its Sign is the mask.
+    # The gradient passes where min < x < max, that is where min < y < max for y = clip(x).
     only_inputs(node, wanted, {0})
     y = node.output[0]
     g = ctx.builder
-    factors = []
+    conditions = []
     if len(node.input) > 1 and node.input[1]:
-        low = ctx.constant(node.input[1])
-        at_zero = low is not None and low.size == 1 and float(low.reshape(())) == 0.0
-        factors.append(y if at_zero else g.op("Sub", y, node.input[1]))
+        conditions.append(g.op("Greater", y, node.input[1], hint="clip_above_min"))
     if len(node.input) > 2 and node.input[2]:
-        factors.append(g.op("Sub", node.input[2], y, hint="clip_headroom"))
-    if not factors:
+        conditions.append(g.op("Less", y, node.input[2], hint="clip_below_max"))
+    if not conditions:
         return {0: dy[0]}
-    inside = factors[0] if len(factors) == 1 else g.op("Mul", *factors)
-    return {0: g.op("Mul", dy[0], g.op("Sign", inside, hint="clip_mask"), hint="clip_grad")}
+    inside = conditions[0] if len(conditions) == 1 else g.op("And", *conditions)
+    return {0: g.op("Mul", dy[0], _mask(ctx, inside, "clip_mask"), hint="clip_grad")}
 
 
 def sigmoid(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:

@@ -86,7 +86,12 @@ def lrn(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> 
     g = ctx.builder
     direct = g.op("Mul", dy[0], _lrn_factor(y), hint="lrn_direct")
     ratio = g.op("Div", g.op("Mul", dy[0], y), _lrn_scale(y), hint="lrn_ratio")
-    spread = g.op("ConvTranspose", ratio, _lrn_band(node), hint="lrn_spread", kernel_shape=[1, 1])
+    # The sum over c with B transposed is a 1x1 Conv with the transposed band: ONNX Runtime
+    # runs it in its blocked layout, where a ConvTranspose has no kernel.
+    transposed = f"{_lrn_band(node)}/transposed"
+    if transposed not in g.initializers:
+        g.weight(transposed, ctx.constants[_lrn_band(node)].transpose(1, 0, 2, 3))
+    spread = g.op("Conv", ratio, transposed, hint="lrn_spread", kernel_shape=[1, 1])
     cross = g.op("Mul", g.op("Mul", x, spread), g.const(2.0 * beta), hint="lrn_cross")
     return {0: g.op("Sub", direct, cross, hint="lrn_grad")}
 
