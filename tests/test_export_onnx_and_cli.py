@@ -218,20 +218,28 @@ def test_cli_layers_needs_a_model_or_an_onnx_file():
 class ChannelsLast(nn.Module):
     """The tiny classifier behind an NHWC input, as TensorFlow's converters write networks."""
 
-    def __init__(self) -> None:
+    def __init__(self, features: str = "nchw") -> None:
         super().__init__()
         self.net = TinyClassifier()
+        self.features = features
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net.features(x.permute(0, 3, 1, 2))
+        body, head = self.net.features(x.permute(0, 3, 1, 2))
+        if self.features == "nhwc":  # as tf2onnx ends a Keras model's outputs: a Transpose to NHWC
+            return body.permute(0, 2, 3, 1), head.permute(0, 2, 3, 1)
+        if self.features == "nhwc_then_abs":  # an op after the Transpose; abs keeps the loss mean(x^2)
+            return body.permute(0, 2, 3, 1).abs(), head.permute(0, 2, 3, 1).abs()
+        return body, head
 
 
-def test_user_onnx_with_an_nhwc_input_exports_with_the_gradient_of_torch(tmp_path):
+@pytest.mark.parametrize("features", ["nchw", "nhwc", "nhwc_then_abs"])
+def test_user_onnx_with_an_nhwc_input_exports_with_the_gradient_of_torch(tmp_path, features):
+    """Named feature maps in either layout are dreamed on as NCHW maps (channels and stride right)."""
     path = tmp_path / "nhwc.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            ChannelsLast().eval(), torch.zeros(1, 64, 64, 3), str(path), opset_version=13, dynamo=False,
+            ChannelsLast(features).eval(), torch.zeros(1, 64, 64, 3), str(path), opset_version=13, dynamo=False,
             input_names=["input"], output_names=["body", "head"], dynamic_axes={"input": {0: "N", 1: "H", 2: "W"}},
         )  # fmt: skip
     model_dir = export_model(

@@ -30,6 +30,8 @@ PROBE_SIZE = 224
 _NAMESPACE = "net/"
 # The NCHW input of a network that takes NHWC, outside that namespace.
 _NCHW_INPUT = "layout/nchw"
+# A channels-last feature map a user names, transposed to NCHW by the forward: its name + this.
+_NCHW_SUFFIX = "/as_nchw"
 
 
 class OnnxBackboneError(ValueError):
@@ -74,7 +76,8 @@ def load_onnx_backbone(options) -> Backbone:
         raise OnnxBackboneError(f"{path.name} has no tensor {detail}; `dreamstream layers --onnx` lists the candidates")
 
     declared = declared_size(graph)
-    tensors = [_channels_first(graph, name) for name in names]
+    dims = _inferred_dims(graph) if _channels_last(graph) else {}
+    tensors = [_channels_first(graph, name, dims) for name in names]
     forward = _forward(graph, image_input, tensors)
     layers = _measure_layers(forward, names, tensors, declared or PROBE_SIZE)
     weight_names = frozenset(
@@ -160,14 +163,39 @@ def _finished_by_the_next_op(consumers: list[onnx.NodeProto]) -> bool:
     return len(consumers) == 1 and consumers[0].op_type in {"Relu", "Clip", "BatchNormalization", "Mul", "Add"}
 
 
-def _channels_first(graph: onnx.GraphProto, name: str) -> str:
-    """The NCHW tensor a layer named by its channels-last form holds: TensorFlow's converters end a
-    Keras model's feature outputs with a Transpose to NHWC of the NCHW map they computed."""
+def _channels_first(graph: onnx.GraphProto, name: str, dims: dict[str, list[int | None]]) -> str:
+    """The NCHW tensor that holds the layer `name`: the tensor itself; for a channels-last map the NCHW
+    one before its Transpose (TensorFlow's converters end a Keras model's feature outputs so), or
+    else the map transposed by the forward (`_NCHW_SUFFIX`)."""
     for node in graph.node:
         if node.output and node.output[0] == name and node.op_type == "Transpose":
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
             return node.input[0] if perm == [0, 2, 3, 1] else name
+    shape = dims.get(name)
+    if _channels_last(graph) and shape is not None and len(shape) == 4 and _reads_as_nhwc(shape):
+        return name + _NCHW_SUFFIX
     return name
+
+
+def _reads_as_nhwc(shape: list[int | None]) -> bool:
+    """[N,H,W,C] rather than [N,C,H,W], from what shape inference knows: a fixed last dim after two
+    that follow the picture's size (or, with a fixed square input, two equal ones before it)."""
+    _, second, third, last = shape
+    if last is None:
+        return False
+    if second is None and third is None:
+        return True
+    return second == third != last
+
+
+def _inferred_dims(graph: onnx.GraphProto) -> dict[str, list[int | None]]:
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)])
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    return {
+        value.name: [dim.dim_value if dim.HasField("dim_value") else None for dim in value.type.tensor_type.shape.dim]
+        for value in [*inferred.value_info, *inferred.output]
+        if value.type.tensor_type.HasField("shape")
+    }
 
 
 def _read_model(path: Path) -> onnx.ModelProto:
@@ -196,6 +224,10 @@ def _forward(graph: onnx.GraphProto, image_input: str, outputs: list[str]) -> on
     if channels_last:
         nodes.insert(0, onnx.helper.make_node("Transpose", [_NCHW_INPUT], [source], name="to_nhwc", perm=[0, 2, 3, 1]))
         source = _NCHW_INPUT
+    for output in outputs:
+        if output.endswith(_NCHW_SUFFIX):  # a channels-last feature map (see _channels_first)
+            nhwc = _NAMESPACE + output.removesuffix(_NCHW_SUFFIX)
+            nodes.append(onnx.helper.make_node("Transpose", [nhwc], [_NAMESPACE + output], perm=[0, 3, 1, 2]))
     forward = onnx.helper.make_model(
         onnx.helper.make_graph(
             nodes,
