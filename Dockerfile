@@ -73,4 +73,6 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 DREAMS
 EXPOSE 50051 9090 8080
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--", "dreamstream"]
-CMD ["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9090", "--http-port", "8080"]
+# --memory-budget auto (the default, said here): the container's memory limit, read from its cgroup,
+# shared out between the dreams, the models' sessions and the server.
+CMD ["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9090", "--http-port", "8080", "--memory-budget", "auto"]

@@ -25,6 +25,7 @@ from dreamstream.server.engine.limits import (
     STEP_BYTES_PER_PIXEL,
     Limits,
 )
+from dreamstream.server.memory_budget import MemoryBudgetError, MemoryPlan, plan_memory
 from dreamstream.server.models import ModelRepository, RepositoryError
 from dreamstream.server.options import (
     ENV_PREFIX,
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 # Seconds running dreams get to finish when the server is asked to stop (SIGTERM, SIGINT).
 SHUTDOWN_GRACE = 30.0
 _MIB = 2**20
+AUTO = "auto"
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -153,10 +155,12 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--memory-budget",
-        type=positive_int,
-        metavar="MIB",
+        type=_memory_budget,
+        default=AUTO,
+        metavar="MIB|auto",
         help="memory the running dreams may take together, beyond the loaded models; "
-        "dreams wait for room, and one that alone is above it is refused (default: no budget)",
+        "dreams wait for room, and one that alone is above it is refused (default auto: the container's "
+        "memory limit, or the machine's memory, less a margin for the server and its models)",
     )
     parser.add_argument(
         "--dream-bytes-per-pixel",
@@ -175,18 +179,34 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _memory_budget(text: str) -> int | str:
+    """argparse type of --memory-budget: `auto` or a positive number of MiB."""
+    return AUTO if text.strip().lower() == AUTO else positive_int(text)
+
+
 def serve(args: argparse.Namespace) -> int:
     configure_logging(args)
     asyncio.run(_serve(args))
     return 0
 
 
-def _limits(args: argparse.Namespace) -> Limits:
+def _memory(args: argparse.Namespace) -> MemoryPlan:
+    """The dreams' budget (--memory-budget, or auto) and the sessions' one, within the container's limit."""
+    dreams = None if args.memory_budget == AUTO else args.memory_budget * _MIB
+    try:
+        plan = plan_memory(args.models, dreams)
+    except MemoryBudgetError as error:
+        raise CommandError(str(error)) from None
+    log.info("%s", plan.describe())
+    return plan
+
+
+def _limits(args: argparse.Namespace, memory: MemoryPlan) -> Limits:
     return Limits(
         max_input_pixels=args.max_input_pixels,
         max_cost=args.max_cost,
         max_dream_seconds=args.max_dream_seconds,
-        memory_budget=args.memory_budget * _MIB if args.memory_budget else None,
+        memory_budget=memory.dreams,
         step_bytes_per_pixel=args.dream_bytes_per_pixel,
     )
 
@@ -202,7 +222,8 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
 
 
 def _server(args: argparse.Namespace) -> DreamServer:
-    models = ModelRepository(args.models, args.device, args.threads)
+    memory = _memory(args)
+    models = ModelRepository(args.models, args.device, args.threads, session_budget=memory.sessions)
     try:
         tls = _tls(args)
         if tls is not None:
@@ -214,7 +235,7 @@ def _server(args: argparse.Namespace) -> DreamServer:
         models,
         max_concurrent=args.max_concurrent,
         max_queue=args.max_queue,
-        engine=DreamEngine(models, limits=_limits(args)),
+        engine=DreamEngine(models, limits=_limits(args, memory)),
         tls=tls,
         tokens=tokens,
         reflection=args.reflection,

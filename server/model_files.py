@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from dreamstream.modeldir import Manifest
-from dreamstream.server.onnx_external import GraphFileError, external_locations
+from dreamstream.server.onnx_external import GraphFileError, external_data
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ def model_file(directory: Path, relative: str, what: str) -> Path:
     return path
 
 
-def check_model_files(directory: Path, manifest: Manifest) -> None:
-    """Every served file inside the folder, matching its sha256; graphs reading only the weights file."""
+def check_model_files(directory: Path, manifest: Manifest) -> dict[str, int]:
+    """Every served file inside the folder, matching its sha256; graphs reading only the weights file.
+    Returns the bytes of weights each graph reads (what its session will hold)."""
     graphs = set(manifest.served_files()) - {manifest.weights_file}
     if manifest.classifier is not None:
         graphs.discard(manifest.classifier.labels)
@@ -55,7 +56,8 @@ def check_model_files(directory: Path, manifest: Manifest) -> None:
             "checked, not its graphs or labels; re-export the model to check them",
             directory,
         )
-    _check_weights(manifest, paths[manifest.weights_file])
+    weights_size = _check_weights(manifest, paths[manifest.weights_file])
+    graph_weights = {}
     for relative in served:
         if relative == manifest.weights_file:
             continue
@@ -63,7 +65,9 @@ def check_model_files(directory: Path, manifest: Manifest) -> None:
         if hashes:
             _check_digest(manifest, relative, hashlib.sha256(data).hexdigest(), len(data))
         if relative in graphs:
-            _check_external_data(manifest, relative, data)
+            lengths = _check_external_data(manifest, relative, data)
+            graph_weights[relative] = sum(weights_size if length is None else length for length in lengths)
+    return graph_weights
 
 
 def _what(manifest: Manifest, relative: str) -> str:
@@ -76,7 +80,8 @@ def _what(manifest: Manifest, relative: str) -> str:
     return "graph"
 
 
-def _check_weights(manifest: Manifest, path: Path) -> None:
+def _check_weights(manifest: Manifest, path: Path) -> int:
+    """The weights file's size, once it matches its sha256."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
         while chunk := file.read(_HASH_CHUNK):
@@ -89,6 +94,7 @@ def _check_weights(manifest: Manifest, path: Path) -> None:
         )
     if manifest.files_sha256:
         _check_digest(manifest, manifest.weights_file, digest.hexdigest(), size)
+    return size
 
 
 def _check_digest(manifest: Manifest, relative: str, digest: str, size: int) -> None:
@@ -104,16 +110,17 @@ def _check_digest(manifest: Manifest, relative: str, digest: str, size: int) -> 
         )
 
 
-def _check_external_data(manifest: Manifest, relative: str, data: bytes) -> None:
-    """The graph's external data may come from the manifest's weights file only."""
+def _check_external_data(manifest: Manifest, relative: str, data: bytes) -> list[int | None]:
+    """The graph's external data may come from the manifest's weights file only; the lengths it reads."""
     what = _what(manifest, relative)
     try:
-        locations = external_locations(data)
+        found = external_data(data)
     except GraphFileError as error:
         raise ModelFileError(f"{what} {relative} is {error}: re-export the model") from error
     # Locations are relative to the graph's own folder, as ONNX Runtime resolves them.
     base = os.path.dirname(relative)
     allowed = os.path.normpath(manifest.weights_file)
+    locations = {location for location, _ in found}
     strays = sorted(
         location for location in locations if not location or os.path.normpath(os.path.join(base, location)) != allowed
     )
@@ -122,3 +129,4 @@ def _check_external_data(manifest: Manifest, relative: str, data: bytes) -> None
             f"{what} {relative} reads external data from {', '.join(map(repr, strays))}, not the manifest's "
             f"weights file {manifest.weights_file!r}: re-export the model"
         )
+    return [length for _, length in found]

@@ -13,7 +13,6 @@ A model that fails is refused with one log line and the others serve.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from dreamstream.modeldir import MANIFEST_FILE, Layer, Manifest, ManifestError, 
 from dreamstream.server.model_files import ModelFileError, check_model_files
 from dreamstream.server.providers import Device, DeviceError, choose_device, confirm_device, open_session
 from dreamstream.server.refusals import ModelUnavailable, UnknownModel
+from dreamstream.server.sessions import SessionCache
 
 log = logging.getLogger(__name__)
 
@@ -37,32 +37,38 @@ class RepositoryError(RuntimeError):
 class Model:
     """One exported model: its manifest, and a session per graph opened on first use."""
 
-    def __init__(self, directory: Path, manifest: Manifest, device: Device) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        manifest: Manifest,
+        device: Device,
+        sessions: SessionCache | None = None,
+        graph_weights: Mapping[str, int] | None = None,
+    ) -> None:
         self.directory = directory
         self.manifest = manifest
         self.device = device
-        self._sessions: dict[str, ort.InferenceSession] = {}
-        # Opening a session takes a second or more; two requests wanting the same new
-        # graph must not open it twice.
-        self._lock = threading.Lock()
+        self._sessions = sessions if sessions is not None else SessionCache()
+        self._graph_weights = dict(graph_weights or {})  # graph -> bytes of weights it reads
 
     @property
     def name(self) -> str:
         return self.manifest.name
 
     def session(self, graph: str) -> ort.InferenceSession:
-        """The session of `graph` (a path relative to the model directory), opened once."""
-        with self._lock:
-            session = self._sessions.get(graph)
-            if session is None:
-                session = open_session(self.directory / graph, self.device)
-                self._sessions[graph] = session
-                log.info("%s: opened %s", self.name, graph)
+        """The session of `graph` (a path relative to the model directory), opened when not open."""
+        path = self.directory / graph
+
+        def opened() -> ort.InferenceSession:
+            session = open_session(path, self.device)
+            log.info("%s: opened %s", self.name, graph)
             return session
+
+        return self._sessions.get(path, self._graph_weights.get(graph, 0), opened)
 
     @property
     def session_count(self) -> int:
-        return len(self._sessions)
+        return self._sessions.count(self.directory)
 
     def serving_layer(self, layers: Mapping[str, float]) -> tuple[Layer, bool]:
         """The layer whose graphs serve a dream on `layers` (name -> weight, at least one
@@ -92,8 +98,9 @@ class ModelRepository:
     its models load.
     """
 
-    def __init__(self, root: Path, device: str = "auto", threads: int = 0) -> None:
+    def __init__(self, root: Path, device: str = "auto", threads: int = 0, session_budget: int | None = None) -> None:
         self.root = Path(root)
+        self.sessions = SessionCache(session_budget)  # shared by every model: one bound for the server
         self.requested_device = device
         self.threads = threads
         self.device: Device | None = None
@@ -135,8 +142,8 @@ class ModelRepository:
 
     def _load_model(self, directory: Path, device: Device) -> Model:
         manifest = read_manifest(directory)
-        check_model_files(directory, manifest)
-        model = Model(directory, manifest, device)
+        graph_weights = check_model_files(directory, manifest)
+        model = Model(directory, manifest, device, self.sessions, graph_weights)
         session = model.session(model.step_graph_for(manifest.default_layers))
         model.device = confirm_device(session, device)
         log.info(

@@ -86,19 +86,26 @@ def _model_class() -> type[message.Message]:
 _ModelProto = _model_class()
 
 
-def external_locations(graph_bytes: bytes) -> set[str]:
-    """Every file (as written in the graph) that the graph's tensors read external data from."""
+def external_data(graph_bytes: bytes) -> list[tuple[str, int | None]]:
+    """(location as written in the graph, length in bytes or None: to the file's end) of every tensor
+    whose data the graph reads from a file."""
     model = _ModelProto()
     try:
         model.ParseFromString(graph_bytes)
     except message.DecodeError as error:
         raise GraphFileError(f"not an ONNX model ({error})") from error
-    locations = set()
+    found = []
     for tensor in _tensors_of_model(model):
         entries = {entry.key: entry.value for entry in tensor.external_data}
         if tensor.data_location == _EXTERNAL or entries:
-            locations.add(entries.get("location", ""))
-    return locations
+            length = entries.get("length", "")
+            found.append((entries.get("location", ""), int(length) if length.isdigit() else None))
+    return found
+
+
+def external_locations(graph_bytes: bytes) -> set[str]:
+    """Every file (as written in the graph) that the graph's tensors read external data from."""
+    return {location for location, _ in external_data(graph_bytes)}
 
 
 def _tensors_of_model(model) -> Iterator:

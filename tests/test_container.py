@@ -11,17 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import BVLC_WEIGHTS
 from docker_engine import DockerEngine
+from grpc_health.v1 import health_pb2
 from health import serving_status, wait_until_serving
 from replicas import dreams_total, scrape
 
@@ -97,7 +101,7 @@ def image(docker: DockerEngine, tmp_path_factory: pytest.TempPathFactory) -> Bui
 class Container:
     """`docker run -d` of the image on the host's network; the server on 127.0.0.1:port."""
 
-    def __init__(self, docker: DockerEngine, image: BuiltImage, *args: str) -> None:
+    def __init__(self, docker: DockerEngine, image: BuiltImage, *args: str, run_options: tuple[str, ...] = ()) -> None:
         self.docker = docker
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -105,7 +109,14 @@ class Container:
         self.http_port = free_port()
         serve = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"]
         serve += ["--metrics-port", str(self.metrics_port), "--http-port", str(self.http_port), *args]
-        self.id = docker("run", "--detach", "--network=host", image.tag, *serve).strip()
+        self.id = docker("run", "--detach", "--network=host", *run_options, image.tag, *serve).strip()
+
+    def server_status(self, field: str) -> int:
+        """A kB figure of the server process's /proc status (VmHWM: its peak), read from the host."""
+        processes = self.docker("top", self.id, "-o", "pid,args").splitlines()[1:]
+        pid = next(line.split()[0] for line in processes if " serve " in f" {line} " and "tini" not in line)
+        text = Path(f"/proc/{pid}/status").read_text()
+        return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))
 
     def inspect(self) -> dict:
         return json.loads(self.docker("inspect", self.id))[0]
@@ -196,8 +207,9 @@ def test_the_image_runs_dreamstream_under_tini_serving_its_models_and_metrics_on
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["/usr/bin/tini", "--", "dreamstream"]
     assert config["Cmd"] == (
-        "serve --models /models --host 0.0.0.0 --port 50051 --metrics-port 9090 --http-port 8080".split()
-    )
+        "serve --models /models --host 0.0.0.0 --port 50051 --metrics-port 9090 --http-port 8080 "
+        "--memory-budget auto"
+    ).split()
     assert set(config["ExposedPorts"]) == {"50051/tcp", "9090/tcp", "8080/tcp"}
 
 
@@ -227,3 +239,77 @@ def test_no_layer_holds_the_build_secret(docker: DockerEngine, image: BuiltImage
                     if file.isfile() and file.size == len(secret):
                         content = layer_tar.extractfile(file).read()
                         assert hashlib.sha256(content).digest() != hashlib.sha256(secret).digest(), file.name
+
+
+MEMORY_LIMIT_MIB = 2048
+
+
+def test_a_server_with_no_memory_flag_in_a_2_gib_container_survives_a_burst_of_the_largest_legal_mix(
+    docker: DockerEngine, image: BuiltImage
+) -> None:
+    """`--memory-budget auto` (the default) reads the container's limit from its cgroup: a burst of the
+    largest requests it accepts (dreams at the largest untiled side on each model's deepest layer, a
+    tiled dream, a guided one, a video, a zoom, classifications) all run, and the server's peak stays
+    under the limit: no OOM kill, still serving."""
+    from dreamstream.client import DreamClient
+
+    limited = Container(
+        docker,
+        image,
+        *("--max-concurrent", "4", "--max-queue", "16", "--no-warm-start"),
+        run_options=(f"--memory={MEMORY_LIMIT_MIB}m", f"--memory-swap={MEMORY_LIMIT_MIB}m"),
+    )
+    try:
+        limited.wait_until_serving()
+        assert re.search(rf"memory: cgroup v[12] \S+ {MEMORY_LIMIT_MIB:,} MiB", limited.logs()), limited.logs()
+        with DreamClient(limited.target) as client:
+            failures = _burst(client, REPO / "samples" / "coffee.jpg")
+        peak_mib = limited.server_status("VmHWM") / 1024
+        state = limited.inspect()["State"]
+        print(f"container burst: server peak {peak_mib:.0f} MiB of {MEMORY_LIMIT_MIB} MiB")
+        assert failures == [], (failures, limited.logs()[-3000:])
+        assert state["Running"] and not state["OOMKilled"], state
+        assert serving_status(limited.target) == health_pb2.HealthCheckResponse.SERVING
+        assert peak_mib < MEMORY_LIMIT_MIB
+    finally:
+        limited.remove()
+
+
+def _burst(client, coffee: Path) -> list[BaseException]:
+    """The largest legal mix at once, each call in its own thread; what failed."""
+    models = {model.name: model for model in client.models()}
+    one_step = {"octaves": 1, "steps_per_octave": 1}
+
+    def largest_dream(name: str, seed: int) -> None:
+        model = models[name]
+        side, deepest = model.max_untiled_size, {model.layers[-1].name: 1.0}
+        list(client.dream(width=side, height=side, model=name, layers=deepest, seed=seed, **one_step))
+
+    side = models["efficientnet-lite0"].max_untiled_size
+    frame = np.full((side, side, 3), 128, np.uint8)
+    calls = [
+        lambda: largest_dream("efficientnet-lite0", 1),
+        lambda: largest_dream("efficientnet-lite0", 2),
+        lambda: list(client.dream(width=2 * side, height=2 * side, tile_size=512, **one_step)),  # tiled
+        lambda: list(client.dream(coffee, max_size=side, guide=coffee, **one_step)),
+        lambda: list(client.dream_video([frame, frame, frame], **one_step)),
+        lambda: list(client.zoom(width=side, height=side, frames=3, **one_step)),
+        lambda: client.classify(coffee),
+        lambda: client.classify(coffee),
+    ]
+    if "googlenet-bvlc" in models:
+        calls.append(lambda: largest_dream("googlenet-bvlc", 3))
+    failures: list[BaseException] = []
+
+    def run(call) -> None:
+        try:
+            call()
+        except Exception as error:  # reported by the test, with the container's log
+            failures.append(error)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(900)
+    return failures

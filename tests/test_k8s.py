@@ -171,6 +171,8 @@ def test_each_overlay_names_its_device_and_resources(rendered: dict[str, list[Ma
     assert devices in (["cpu"], ["cuda"])
     assert gpus == (1 if devices == ["cuda"] else None)
     assert container["resources"]["requests"]["memory"] and container["resources"]["limits"]["memory"]
+    # The server's memory is shared out within the pod's limit (read from its cgroup).
+    assert "--memory-budget=auto" in container["args"]
 
 
 def test_the_gpu_overlay_asks_for_one_gpu_and_tolerates_gpu_nodes(rendered: dict[str, list[Manifest]]) -> None:
