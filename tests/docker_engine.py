@@ -50,7 +50,8 @@ class DockerEngine:
         )
         self._wait_until_ready(timeout=60)
 
-    def __call__(self, *args: str, timeout: float = 600, input: bytes | None = None) -> str:
+    def __call__(self, *args: str, timeout: float = 600, input: bytes | None = None, stderr_too: bool = False) -> str:
+        """The command's output (with its stderr after it, where `docker logs` writes a container's stderr)."""
         result = subprocess.run(
             [DOCKER, "-H", f"unix://{self.socket}", *args],
             capture_output=True,
@@ -61,7 +62,7 @@ class DockerEngine:
         if result.returncode != 0:
             output = (result.stdout + result.stderr).decode(errors="replace")
             raise DockerError(f"docker {' '.join(args[:2])} failed ({result.returncode}):\n{output[-4000:]}")
-        return result.stdout.decode(errors="replace")
+        return (result.stdout + (result.stderr if stderr_too else b"")).decode(errors="replace")
 
     def import_debian_base(self, tag: str) -> str:
         """A minimal Debian image (no Docker Hub needed) tagged `tag`."""

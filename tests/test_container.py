@@ -122,7 +122,7 @@ class Container:
         return json.loads(self.docker("inspect", self.id))[0]
 
     def logs(self) -> str:
-        return self.docker("logs", self.id)
+        return self.docker("logs", self.id, stderr_too=True)  # the server logs on its stderr
 
     def wait_until_serving(self) -> None:
         try:
@@ -286,12 +286,13 @@ def _burst(client, coffee: Path) -> list[BaseException]:
         list(client.dream(width=side, height=side, model=name, layers=deepest, seed=seed, **one_step))
 
     side = models["efficientnet-lite0"].max_untiled_size
+    deepest_lite0 = {models["efficientnet-lite0"].layers[-1].name: 1.0}  # a guide takes the layers of one group
     frame = np.full((side, side, 3), 128, np.uint8)
     calls = [
         lambda: largest_dream("efficientnet-lite0", 1),
         lambda: largest_dream("efficientnet-lite0", 2),
         lambda: list(client.dream(width=2 * side, height=2 * side, tile_size=512, **one_step)),  # tiled
-        lambda: list(client.dream(coffee, max_size=side, guide=coffee, **one_step)),
+        lambda: list(client.dream(coffee, max_size=side, guide=coffee, layers=deepest_lite0, **one_step)),
         lambda: list(client.dream_video([frame, frame, frame], **one_step)),
         lambda: list(client.zoom(width=side, height=side, frames=3, **one_step)),
         lambda: client.classify(coffee),
