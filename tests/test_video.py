@@ -113,6 +113,13 @@ def test_random_blends_are_drawn_up_to_a_half_from_the_seed(engine, clip_frames:
     assert blends[0] == 0.0 and all(0.0 <= blend <= 0.5 for blend in blends) and len(set(blends[1:])) == 3
 
 
+def test_any_int64_seeds_a_video_as_it_seeds_a_dream(engine, clip_frames: list[bytes]) -> None:
+    """A negative seed (found by the fuzz suite: it failed INTERNAL) seeds the blends and the frames."""
+    plan = plan_video(VideoSpec(dream=DreamSpec(**{**TINY, "seed": -(2**63)}), blend_mode=BlendMode.RANDOM), engine)
+    frames = list(VideoDreamer(engine, plan).dream_frames(clip_frames[:2]))
+    assert [frame.index for frame in frames] == [0, 1] and 0.0 <= frames[1].blend <= 0.5
+
+
 def test_a_layer_schedule_dreams_frame_i_on_its_ith_layer_round_and_round(engine, clip_frames: list[bytes]) -> None:
     dreamed = dream_video(engine, clip_frames[:5], layer_schedule=("block2", "block4"))
     assert [dict(frame.layers) for frame in dreamed] == [

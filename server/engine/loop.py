@@ -51,6 +51,11 @@ _ORT_FAILURES = (
 )
 
 
+def seeded_generator(seed: int) -> np.random.Generator:
+    """The random generator of a dream's `seed`: any int64 (the .proto says so); numpy wants it unsigned."""
+    return np.random.default_rng(seed & _UINT64)
+
+
 class DreamCancelled(Exception):
     """The dream was stopped between two steps because its cancel flag was set."""
 
@@ -121,8 +126,7 @@ class DreamEngine:
         The picture is decoded here, in the caller's thread. Setting `cancel` stops the
         dream before its next step with DreamCancelled.
         """
-        # Any int64 seeds a dream (the .proto says so); numpy wants it unsigned.
-        rng = np.random.default_rng(plan.params.seed & _UINT64)
+        rng = seeded_generator(plan.params.seed)
         clock = _Clock(plan)
         original = np.ascontiguousarray(plan.start.pixels(rng).transpose(2, 0, 1), np.float32)
         guide = plan.guide.pixels() if plan.guide is not None else None

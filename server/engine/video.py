@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from dreamstream.server.engine.loop import DreamEngine, DreamEvent, Octave, Step
+from dreamstream.server.engine.loop import DreamEngine, DreamEvent, Octave, Step, seeded_generator
 from dreamstream.server.engine.motion import dense_flow, warp
 from dreamstream.server.engine.plan import DreamPlan, Start
 from dreamstream.server.engine.request import DreamSpec
@@ -156,7 +156,7 @@ class VideoDreamer:
         self._plan = plan
         # The blend's own generator: the dream's seed also drives the jitter, which must not
         # change with the blend mode.
-        self._blend_rng = np.random.default_rng(plan.dream.seed)
+        self._blend_rng = seeded_generator(plan.dream.seed)
 
     def dream_frames(
         self, frames: Iterable[bytes], cancel: threading.Event | None = None, on_step: StepListener | None = None
@@ -167,7 +167,7 @@ class VideoDreamer:
         for index, data in enumerate(frames):
             began = time.perf_counter()
             plan = self._engine.plan(self._plan.frame_spec(index, data))
-            rng = np.random.default_rng(self._plan.dream.seed)
+            rng = seeded_generator(self._plan.dream.seed)
             pixels = plan.start.pixels(rng)
             blend = 0.0
             start = pixels
