@@ -130,6 +130,13 @@ class DreamServer:
         await self._set_health(SERVING)
         log.info("serving %s", ", ".join(self.models.names()))
 
+    def reload_credentials(self) -> None:
+        """SIGHUP: the token file read again now. The TLS files need no signal: they are looked at
+        before every handshake (see security.CertificateReloader)."""
+        if self.tokens is not None:
+            self.tokens.reload()
+        log.info("SIGHUP: token file read again%s", "" if self.tokens is not None else " (none given)")
+
     async def drain(self, grace: float) -> None:
         """Health NOT_SERVING at once (the port stays open), new and waiting dreams UNAVAILABLE,
         running dreams `grace` seconds to finish before they are stopped; then close."""

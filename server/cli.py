@@ -267,8 +267,8 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    if server.tokens is not None:  # the token file read again now (it is also when it changes)
-        loop.add_signal_handler(signal.SIGHUP, server.tokens.reload)
+    # SIGHUP reads the token file again now (it is also read when it changes); never a stop.
+    loop.add_signal_handler(signal.SIGHUP, server.reload_credentials)
     try:
         await server.load()
     except (RepositoryError, DeviceError) as error:

@@ -202,6 +202,12 @@ class Traffic:
             time.sleep(0.02)
         channel.close()
 
+    def move_to(self, token: str) -> None:
+        """The clients move to `token`: returns once calls carrying it went through (none in flight with the old)."""
+        self.token = token
+        done = self.outcomes["OK"]
+        assert wait_until(lambda: self.outcomes["OK"] >= done + 2)
+
     def stop(self) -> collections.Counter[str]:
         self._stop.set()
         self._thread.join(30)
@@ -219,7 +225,7 @@ def test_tokens_rotate_live_under_traffic_and_a_broken_file_keeps_the_tokens_in_
     try:
         tokens.write_text("old-token\nnew-token\n")  # rewritten in place, as an editor does
         assert wait_until(lambda: accepted(server.target, "new-token")), "the added token is not accepted"
-        traffic.token = "new-token"  # the clients move
+        traffic.move_to("new-token")
         replacement = tmp_path / "tokens.next"
         replacement.write_text("new-token\n")
         replacement.replace(tokens)  # replaced by a rename, as Kubernetes updates a mounted secret
@@ -229,11 +235,12 @@ def test_tokens_rotate_live_under_traffic_and_a_broken_file_keeps_the_tokens_in_
         tokens.write_text("")  # truncated on its way to new content: never locks everyone out
         assert wait_until(lambda: server.count("token file not reloaded") >= 1)
         assert accepted(server.target, "new-token")
-        tokens.write_text("newest-token\n")
+        tokens.write_text("new-token\nnewest-token\n")
         server.process.send_signal(signal.SIGHUP)  # read again at once; the server lives on
         assert wait_until(lambda: accepted(server.target, "newest-token"))
-        traffic.token = "newest-token"
-        assert not accepted(server.target, "new-token")
+        traffic.move_to("newest-token")
+        tokens.write_text("newest-token\n")
+        assert wait_until(lambda: not accepted(server.target, "new-token"))
         time.sleep(0.5)
     finally:
         outcomes = traffic.stop()
@@ -260,6 +267,9 @@ def test_tls_certificates_are_taken_up_at_the_next_handshake_without_a_restart(
         shutil.copy(renewed.server_key, key)
         assert wait_until(lambda: _handshakes(server.target, renewed.ca))
         assert not _handshakes(server.target, certificates.ca)
+        server.process.send_signal(signal.SIGHUP)  # without a token file too, SIGHUP never stops the server
+        assert wait_until(lambda: server.count("SIGHUP") >= 1)
+        assert _handshakes(server.target, renewed.ca)
     finally:
         assert server.stop() == 0
     assert server.count("TLS files not reloaded") >= 1 and "Traceback" not in server.log
