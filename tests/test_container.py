@@ -244,6 +244,7 @@ def test_no_layer_holds_the_build_secret(docker: DockerEngine, image: BuiltImage
 MEMORY_LIMIT_MIB = 2048
 
 
+@pytest.mark.timeout(1800)  # the image's build, when this test runs first, and the burst on 2 shared cores
 def test_a_server_with_no_memory_flag_in_a_2_gib_container_survives_a_burst_of_the_largest_legal_mix(
     docker: DockerEngine, image: BuiltImage
 ) -> None:
