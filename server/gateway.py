@@ -271,24 +271,26 @@ class DreamEvents(Response):
                 spec = spec_from_request(dream_request(self._options, self._pictures))
                 self._pictures = {}  # the picture's bytes are the plan's now
                 await call.dream(spec, deliver)
-            await write(sse("done", {"request_id": self._request_id}))
-        except (CallerLeft, asyncio.CancelledError):
-            pass  # nobody to tell
+            last = sse("done", {"request_id": self._request_id})
+        except CallerLeft:
+            return  # nobody to tell
         except Exception as error:
             if not started:
                 await error_response(error, self._request_id)(scope, receive, send)
                 return
-            with contextlib.suppress(CallerLeft):
-                await write(sse("error", error_body(error, self._request_id)))
+            last = sse("error", error_body(error, self._request_id))
         finally:
             watcher.cancel()
             calls = self._running.get(self._request_id, set())
             calls.discard(call)
             if not calls:
                 self._running.pop(self._request_id, None)
-        if started:
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # The last event and the end of the stream wait no longer for the reader than events do:
+        # a client that stopped reading (READER_IDLE) must not hold the connection for ever.
+        with contextlib.suppress(CallerLeft, OSError, TimeoutError):
+            await asyncio.wait_for(write(last), self._plane.reader_timeout)
+            end = {"type": "http.response.body", "body": b"", "more_body": False}
+            await asyncio.wait_for(send(end), self._plane.reader_timeout)
 
     def _stream_headers(self) -> list[tuple[bytes, bytes]]:
         headers = {

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 from certificates import make_certificates
 from conftest import shared_image
@@ -299,6 +300,30 @@ def test_a_full_server_queues_then_refuses_and_cancel_and_leaving_stop_the_ascen
     assert metric_sum(gateway.metrics_url, "dreamstream_queued_dreams") == 0
     ended = httpx.delete(f"{gateway.url}/api/dreams/http-running", timeout=10)
     assert ended.status_code == 404 and ended.json()["reason"] == "UNKNOWN_DREAM"
+
+
+def test_a_client_that_stops_reading_the_stream_is_dropped_and_its_slot_freed(
+    gateway: GatewayProcess, coffee_png: bytes
+) -> None:
+    # Noise does not compress: its frames (20 rounds of one small octave) are megabytes in all,
+    # far more than the socket buffers of a client that asked for a 4 KB window and reads nothing.
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (360, 360, 3), dtype=np.uint8)).save(noise, "PNG")
+    query = "octaves=1&steps_per_octave=1&repeat=20"
+    head = (
+        f"POST /api/dreams?{query} HTTP/1.1\r\nHost: dreamstream\r\nx-request-id: stalled-reader\r\n"
+        f"Content-Type: image/png\r\nContent-Length: {len(noise.getvalue())}\r\n\r\n"
+    )
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.socket() as reader:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect((host, int(port)))
+        reader.sendall(head.encode() + noise.getvalue())
+        assert reader.recv(64).startswith(b"HTTP/1.1 200")  # the stream started; nothing more is read
+        gateway.wait_for(r"dream stalled-reader RESOURCE_EXHAUSTED", timeout=60)
+    assert gateway.count(r"dream stalled-reader RESOURCE_EXHAUSTED: .*, 2[01] steps") == 0  # stopped early
+    answer, events = dream(gateway.url, coffee_png, SMALL)  # the slot is free again
+    assert answer.status_code == 200 and events[-1].name == "done"
 
 
 def test_http_dreams_are_counted_by_the_data_plane_metrics_and_access_log(
