@@ -206,10 +206,13 @@ def test_the_image_runs_dreamstream_under_tini_serving_its_models_and_metrics_on
     config = json.loads(docker("image", "inspect", image.tag))[0]["Config"]
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["/usr/bin/tini", "--", "dreamstream"]
-    assert config["Cmd"] == (
-        "serve --models /models --host 0.0.0.0 --port 50051 --metrics-port 9090 --http-port 8080 "
-        "--memory-budget auto"
-    ).split()
+    assert (
+        config["Cmd"]
+        == (
+            "serve --models /models --host 0.0.0.0 --port 50051 --metrics-port 9090 --http-port 8080 "
+            "--memory-budget auto"
+        ).split()
+    )
     assert set(config["ExposedPorts"]) == {"50051/tcp", "9090/tcp", "8080/tcp"}
 
 
