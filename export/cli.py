@@ -93,7 +93,14 @@ def run_export(args: argparse.Namespace) -> int:
         side = manifest.fixed_size
         print(
             f"note: the network runs only on {side}x{side} pictures (its ONNX file fixes the shapes); "
-            f"the manifest records fixed_size={side}, for servers to dream it in {side}x{side} tiles"
+            f"the manifest records fixed_size={side}, for servers to dream it in {side}x{side} tiles "
+            "(smaller pictures padded)"
+        )
+    elif manifest.size_step > 1:
+        low, step = manifest.min_size, manifest.size_step
+        print(
+            f"note: the network runs only on sides of {low} + k * {step} px (its branches line up at those "
+            f"sizes only); the manifest records size_step={step}, for servers to pad each octave to such a side"
         )
     return 0
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -172,7 +174,12 @@ def aligned_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
             dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}},
         )  # fmt: skip
     models = folder / "models"
-    model_dir = export_model("onnx", models, name="aligned", onnx_options=OnnxOptions(path, ["mid", "deep"]))
+    dreamstream = [sys.executable, "-c", "import sys; from dreamstream.cli import main; sys.exit(main(sys.argv[1:]))"]
+    command = [*dreamstream, "export", "onnx", "--onnx", str(path), "--layers", "mid,deep", "--out", str(models)]
+    exported = subprocess.run([*command, "--name", "aligned"], capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    assert "runs only on sides of" in exported.stdout and "size_step=8" in exported.stdout
+    model_dir = models / "aligned"
     older = shutil.copytree(model_dir, models / "aligned-older")
     manifest = json.loads((older / "manifest.json").read_text())
     del manifest["size_step"]

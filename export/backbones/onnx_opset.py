@@ -202,7 +202,8 @@ def _without_newer_attributes(node: onnx.NodeProto) -> None:
         value, default = helper.get_attribute_value(attribute), _NEWER_DEFAULTS[attribute.name]
         if value != default and not (default is None and all(v == 1 for v in value)):
             raise OpsetError(
-                f"node {node.name!r} ({node.op_type}) uses {attribute.name}={value!r}, new after opset {OPSET}"
+                f"node {node.name!r} ({node.op_type}) uses {attribute.name}={value!r}, new after opset {OPSET}: "
+                f"export the network at opset {OPSET} or without it"
             )
         node.attribute.remove(attribute)
 
