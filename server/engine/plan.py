@@ -147,8 +147,10 @@ def plan_dream(spec: DreamSpec, models: ModelRepository, limits: Limits = DEFAUL
 
 def dream_memory(plan: DreamPlan, limits: Limits) -> int:
     """Bytes the dream is expected to take at most: decoding its picture, or its largest step
-    (octaves above the picture are larger than the picture)."""
-    largest = max(height * width for height, width in plan.sizes)
+    (octaves above the picture are larger than the picture; each octave is stepped at the size
+    it is padded to, see `fitting`)."""
+    fit = SizeFit.of(plan.model.manifest)
+    largest = max(height * width for height, width in map(fit.size, plan.sizes))
     if plan.tiling is not None:
         return max(decode_memory(plan.start.input_pixels), tiled_memory(plan.tiling, largest, limits))
     return max(decode_memory(plan.start.input_pixels), step_memory(largest, limits.step_bytes_per_pixel))
