@@ -162,10 +162,11 @@ class DreamEngine:
             if plan.channels.ranked and plan.channels.per_octave:
                 weights = self._ranked_weights(plan, image)
             fit = SizeFit.of(plan.model.manifest)
+            fitted = fit.size((height, width))  # the size the octave is stepped at, padded
             stepper = fitted_stepper(self._stepper(plan, weights, guide), (height, width), fit)
+            stepper = _Refusing(stepper, plan.model.name, fitted)
             stepper.start(image)
-            tiles = plan.tiling.count(*fit.size((height, width))) if plan.tiling else 1
-            stepper = _Refusing(stepper, plan.model.name, fit.size((height, width)))
+            tiles = plan.tiling.count(*fitted) if plan.tiling else 1
             for step in range(1, params.steps_per_octave + 1):
                 if cancel is not None and cancel.is_set():
                     raise DreamCancelled(f"cancelled at octave {octave}, step {step}")
@@ -257,6 +258,9 @@ class _Refusing:
         self._inner = inner
         self._model = model
         self._size = size
+
+    def start(self, image: np.ndarray) -> None:
+        self._inner.start(image)
 
     def step(self, shift: np.ndarray) -> float:
         try:
