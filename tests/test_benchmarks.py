@@ -88,6 +88,17 @@ def test_the_warm_start_benchmark_measures_both_sides_in_fresh_processes(lite0_d
     assert len(rows) == 2 and all(line.count(" s ") == 4 for line in rows), done.stdout
 
 
+def test_the_http_gateway_benchmark_dreams_through_both_ports_taking_turns(lite0_dir: Path):
+    sample = REPO / "samples" / "coffee.jpg"
+    options = {"--models": lite0_dir.parent, "--image": sample, "--size": 48, "--repeats": 1, "--device": "cpu",
+               "--octaves": 1, "--steps": 1}  # fmt: skip
+    done = run_module("benchmarks.http_gateway", *(str(part) for item in options.items() for part in item))
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| grpc |", "| http |"))]
+    assert len(rows) == 2 and all(line.count(" s ") == 2 and "MiB" in line for line in rows), done.stdout
+    assert "HTTP / gRPC wall time: " in done.stdout
+
+
 def test_the_profile_leaves_out_the_warm_up_step_and_takes_each_nodes_median():
     from benchmarks.profile import kernel_times
 
