@@ -24,7 +24,7 @@ from test_fuzz import GOOD_PICTURES, LONG, SERVE_FLAGS, pictures
 
 from dreamstream.server.http_requests import OPTION_NAMES, PICTURE_FIELDS
 
-CASES = int(os.environ.get("DREAMSTREAM_HTTP_FUZZ_CASES", 2_000 if LONG else 150))
+CASES = int(os.environ.get("DREAMSTREAM_HTTP_FUZZ_CASES", 2_000 if LONG else 120))
 REFUSALS = {400, 404, 413, 429}
 # What a stream that started may still end with: a refusal's code, never INTERNAL.
 STREAM_ENDS = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"}

@@ -419,6 +419,16 @@ def test_a_plain_http_client_gets_no_answer_from_the_tls_port(secure_gateway: tu
         httpx.get(server.url.replace("https://", "http://") + "/api/models", timeout=10)
 
 
+def test_the_http_port_may_come_from_the_environment_as_every_serve_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dreamstream.cli import build_parser
+
+    monkeypatch.setenv("DREAMSTREAM_HTTP_PORT", "8181")
+    assert build_parser("serve").parse_args(["serve"]).http_port == 8181
+    assert build_parser("serve").parse_args(["serve", "--http-port", "9191"]).http_port == 9191  # the flag wins
+    monkeypatch.delenv("DREAMSTREAM_HTTP_PORT")
+    assert build_parser("serve").parse_args(["serve"]).http_port is None  # no gateway unless asked
+
+
 def test_a_taken_http_port_is_one_line_and_exit_status_2(lite0_dir: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
