@@ -13,7 +13,8 @@ in float64 (`grad64`, the oracle) and float32 (`grad32`, for float32's own noise
 
 Small widths, the layers of Keras' own applications: 'same' max and average pooling,
 separable and depthwise convolutions, batch norm with moving statistics away from the
-identity, ReLU6, residual sums, InceptionV3's blocks (valid stride-2 reductions beside
+identity, ReLU6, residual sums, MobileNetV3's hard swish and squeeze-excitation
+(which tf2onnx leaves in NHWC), InceptionV3's blocks (valid stride-2 reductions beside
 a valid max pool, a 'same' 3x3 average pool branch).
 """
 
@@ -96,10 +97,35 @@ def inception_v3_blocks(keras, dtype: str):
     return _model(keras, inputs, mid, deep, dtype)
 
 
+def _hard_swish(layers, x, dtype: str):
+    """keras.applications.MobileNetV3's hard swish: x * ReLU6(x + 3) / 6, in Keras ops."""
+    gate = layers.ReLU(6.0, dtype=dtype)(x + 3.0) * (1.0 / 6.0)
+    return layers.Multiply(dtype=dtype)([x, gate])
+
+
+def mobilenet_v3_hard_swish(keras, dtype: str):
+    """MobileNetV3's blocks: hard swish and squeeze-excitation in Keras ops, which tf2onnx leaves in
+    NHWC (a Transpose around every convolution) rather than moving the layout through them."""
+    layers = keras.layers
+    inputs = keras.Input((None, None, 3), dtype=dtype)
+    x = layers.Rescaling(2.0, offset=-1.0, dtype=dtype)(inputs)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, dtype=dtype)(x)
+    x = _hard_swish(layers, layers.BatchNormalization(dtype=dtype)(x), dtype)
+    y = layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False, dtype=dtype)(x)
+    y = _hard_swish(layers, layers.BatchNormalization(dtype=dtype)(y), dtype)
+    squeezed = layers.GlobalAveragePooling2D(keepdims=True, dtype=dtype)(y)
+    excite = layers.Conv2D(8, 1, activation="relu", dtype=dtype)(layers.Conv2D(4, 1, dtype=dtype)(squeezed))
+    mid = layers.Multiply(dtype=dtype, name="mid")([y, layers.ReLU(6.0, dtype=dtype)(excite + 3.0) * (1.0 / 6.0)])
+    x = layers.Conv2D(16, 1, use_bias=False, dtype=dtype)(mid)
+    deep = layers.Activation("relu", dtype=dtype, name="deep")(layers.BatchNormalization(dtype=dtype)(x))
+    return _model(keras, inputs, mid, deep, dtype)
+
+
 ARCHITECTURES: dict[str, Callable] = {
     "keras_vgg_same_pools": vgg_same_pools,
     "keras_mobilenet_separable": mobilenet_separable,
     "keras_inception_v3_blocks": inception_v3_blocks,
+    "keras_mobilenet_v3_hard_swish": mobilenet_v3_hard_swish,
 }
 
 

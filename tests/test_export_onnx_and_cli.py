@@ -16,7 +16,7 @@ from conftest import assert_graphs_pass_checker_and_cuda_audit
 from torch import nn
 
 from dreamstream.export.api import OnnxOptions, export_model
-from dreamstream.export.backbones.onnx_file import OnnxBackboneError
+from dreamstream.export.backbones.onnx_file import OnnxBackboneError, candidate_layers
 from dreamstream.modeldir import read_manifest
 
 MEAN = (0.485, 0.456, 0.406)
@@ -227,12 +227,12 @@ class ChannelsLast(nn.Module):
         body, head = self.net.features(x.permute(0, 3, 1, 2))
         if self.features == "nhwc":  # as tf2onnx ends a Keras model's outputs: a Transpose to NHWC
             return body.permute(0, 2, 3, 1), head.permute(0, 2, 3, 1)
-        if self.features == "nhwc_then_abs":  # an op after the Transpose; abs keeps the loss mean(x^2)
-            return body.permute(0, 2, 3, 1).abs(), head.permute(0, 2, 3, 1).abs()
+        if self.features == "nhwc_then_relu":  # computed on in NHWC, as tf2onnx leaves some networks
+            return torch.relu(body.permute(0, 2, 3, 1)), torch.relu(head.permute(0, 2, 3, 1))
         return body, head
 
 
-@pytest.mark.parametrize("features", ["nchw", "nhwc", "nhwc_then_abs"])
+@pytest.mark.parametrize("features", ["nchw", "nhwc", "nhwc_then_relu"])
 def test_user_onnx_with_an_nhwc_input_exports_with_the_gradient_of_torch(tmp_path, features):
     """Named feature maps in either layout are dreamed on as NCHW maps (channels and stride right)."""
     path = tmp_path / "nhwc.onnx"
@@ -253,9 +253,12 @@ def test_user_onnx_with_an_nhwc_input_exports_with_the_gradient_of_torch(tmp_pat
     _, grad, _ = session.run(None, feeds)
 
     x = torch.from_numpy(image).double().requires_grad_(True)
-    body, head = TinyClassifier().eval().double().features(x)
+    body, head = ChannelsLast(features).eval().double()(x.permute(0, 2, 3, 1))
     ((body**2).mean((1, 2, 3)) + (head**2).mean((1, 2, 3))).sum().backward()
     assert np.abs(grad - x.grad.numpy()).max() / np.abs(x.grad.numpy()).max() <= 1e-4
+    if features == "nhwc_then_relu":  # `dreamstream layers` lists the NHWC maps too, measured as NCHW
+        candidates = {candidate.name: candidate for candidate in candidate_layers(path)}
+        assert (candidates["head"].channels, candidates["head"].stride) == (16, 8)
 
 
 def _conv_relu_conv(path: Path, middle: onnx.NodeProto, imports: list[onnx.OperatorSetIdProto]) -> Path:

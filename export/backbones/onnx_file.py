@@ -135,11 +135,15 @@ def _candidates(graph: onnx.GraphProto, image_input: str) -> list[Candidate]:
     ]
     if not names:
         return []
-    size, values = _run(_forward(graph, image_input, names), names, declared_size(graph) or PROBE_SIZE)
+    # A network with an NHWC input may compute in NHWC (tf2onnx leaves a MobileNetV3's maps so): its
+    # channels-last maps are measured in their NCHW form, as they are dreamed on.
+    dims = _inferred_dims(graph) if _channels_last(graph) else {}
+    tensors = [_channels_first(graph, name, dims) for name in names]
+    size, values = _run(_forward(graph, image_input, tensors), tensors, declared_size(graph) or PROBE_SIZE)
     return [
         Candidate(name, ops[name], int(value.shape[1]), max(1, round(size / value.shape[2])))
         for name, value in zip(names, values, strict=True)
-        # A square picture gives square NCHW maps: that leaves out channels-last tensors ([N,H,W,C]).
+        # A square picture gives square NCHW maps: that leaves out tensors still channels-last ([N,H,W,C]).
         if value.ndim == 4 and value.shape[2] == value.shape[3] >= 2 and value.dtype == np.float32
     ]
 
