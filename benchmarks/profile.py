@@ -133,6 +133,7 @@ def profile_steps(
             options = served.get_session_options()
             facts = {
                 "cpu_memory_arena": options.enable_cpu_mem_arena,
+                "shared_env_allocator": _config_entry(options, "session.use_env_allocators") == "1",
                 "memory_pattern": options.enable_mem_pattern,
                 "graph_optimization_level": str(options.graph_optimization_level).rsplit(".", 1)[-1],
                 "intra_op_threads": options.intra_op_num_threads,
@@ -156,6 +157,13 @@ def profile_steps(
             events = json.loads(Path(session.end_profiling()).read_text())
             profiles.append(step_profile(graph, (height, width), events, facts, top))
     return profiles
+
+
+def _config_entry(options, key: str) -> str:
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:  # ONNX Runtime raises for a key that was never set
+        return ""
 
 
 def report(profile: StepProfile, title: str = "") -> str:
