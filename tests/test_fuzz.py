@@ -309,56 +309,35 @@ def report(call: str, outcomes: Outcomes) -> None:
           f"wrong {len(outcomes.wrong)}")  # fmt: skip
 
 
-def test_no_request_gets_internal_or_unknown_and_the_server_stays_up_within_its_memory(stub, watched) -> None:
+# Each call of one request: its request message, its nearly legal requests, its case count.
+CALLS = {
+    "Dream": (dream_pb2.DreamRequest, nearly_legal(), CASES),
+    "Zoom": (dream_pb2.ZoomRequest, nearly_legal_zoom(), OTHER_CASES),
+    "Classify": (dream_pb2.ClassifyRequest, nearly_legal_classify(), OTHER_CASES),
+}
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_no_request_gets_internal_or_unknown_and_the_server_stays_up_within_its_memory(
+    stub, watched, call: str
+) -> None:
+    message, nearly_legal_request, cases = CALLS[call]
+    strategy = st.one_of(message_of(message.DESCRIPTOR), nearly_legal_request)  # any request, or a legal one bent
+    method = getattr(stub, call)
     outcomes = Outcomes()
 
     def one_request(values: dict) -> None:
-        request = dream_pb2.DreamRequest()
+        request = message()
         try:
             build(request, values)
         except (ValueError, TypeError):  # a value protobuf itself refuses to hold (cannot be sent)
             return
-        outcomes.finish(lambda: stub.Dream(request, timeout=120))
+        outcomes.finish(lambda: method(request, timeout=120))
 
-    fuzz(st.one_of(message_of(dream_pb2.DreamRequest.DESCRIPTOR), nearly_legal()), CASES, one_request)
-    report("Dream", outcomes)
+    fuzz(strategy, cases, one_request)
+    report(call, outcomes)
     assert outcomes.wrong == []
     assert outcomes.statuses["OK"] > 0 and outcomes.statuses["INVALID_ARGUMENT"] > 0  # both paths were exercised
-
-
-def test_zoom_with_any_frame_count_is_answered_or_refused_never_internal(stub, watched) -> None:
-    outcomes = Outcomes()
-
-    def one_zoom(values: dict) -> None:
-        request = dream_pb2.ZoomRequest()
-        try:
-            build(request, values)
-        except (ValueError, TypeError):
-            return
-        outcomes.finish(lambda: stub.Zoom(request, timeout=120))
-
-    fuzz(st.one_of(message_of(dream_pb2.ZoomRequest.DESCRIPTOR), nearly_legal_zoom()), OTHER_CASES, one_zoom)
-    report("Zoom", outcomes)
-    assert outcomes.wrong == []
-    assert outcomes.statuses["OK"] > 0 and outcomes.statuses["INVALID_ARGUMENT"] > 0
-
-
-def test_classify_of_any_picture_is_answered_or_refused_never_internal(stub, watched) -> None:
-    outcomes = Outcomes()
-
-    def one_classify(values: dict) -> None:
-        request = dream_pb2.ClassifyRequest()
-        try:
-            build(request, values)
-        except (ValueError, TypeError):
-            return
-        outcomes.finish(lambda: stub.Classify(request, timeout=60))
-
-    strategy = st.one_of(message_of(dream_pb2.ClassifyRequest.DESCRIPTOR), nearly_legal_classify())
-    fuzz(strategy, OTHER_CASES, one_classify)
-    report("Classify", outcomes)
-    assert outcomes.wrong == []
-    assert outcomes.statuses["OK"] > 0 and outcomes.statuses["INVALID_ARGUMENT"] > 0
 
 
 def test_video_streams_with_missing_or_repeated_settings_and_changing_frames_never_get_internal(stub, watched) -> None:
