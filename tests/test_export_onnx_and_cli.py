@@ -301,3 +301,15 @@ def test_cli_refuses_a_node_of_another_op_domain_naming_it(tmp_path):
     assert result.returncode == 2
     assert "'contrib_gelu'" in result.stderr and "FastGelu" in result.stderr and "com.microsoft" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_refuses_an_op_its_converter_left_unconverted_naming_it(tmp_path):
+    """tf2onnx leaves a Keras layer it cannot convert as a TensorFlow op (ConvNeXt's depthwise
+    convolution as StatefulPartitionedCall): no ONNX op, named as such, not a converter's assertion."""
+    left = onnx.helper.make_node("StatefulPartitionedCall", ["c1"], ["n1"], name="block_0/depthwise_conv")
+    path = _conv_relu_conv(tmp_path / "left.onnx", left, [onnx.helper.make_opsetid("", 15)])
+    result = _cli("export", "onnx", "--onnx", str(path), "--layers", "c2", "--out", str(tmp_path / "models"))
+    assert result.returncode == 2
+    assert "'block_0/depthwise_conv'" in result.stderr and "StatefulPartitionedCall" in result.stderr
+    assert "no ONNX op" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

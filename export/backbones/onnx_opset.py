@@ -68,6 +68,12 @@ def _without_unused_domains(model: onnx.ModelProto, label: str) -> onnx.ModelPro
                 "reverse pass cannot differentiate (standard ONNX ops only): export the network without it, "
                 "or cut the file before that node"
             )
+        if not onnx.defs.has(node.op_type):
+            # What a converter leaves when it could not convert a layer (tf2onnx: StatefulPartitionedCall).
+            raise OpsetError(
+                f"{label}: node {node.name!r} (op {node.op_type}) is no ONNX op: its converter left it "
+                "unconverted; convert the network again (a newer converter or opset), or without that layer"
+            )
     if all(imp.domain in _STANDARD_DOMAINS for imp in model.opset_import):
         return model
     copy = onnx.ModelProto()
