@@ -28,6 +28,21 @@ def slow_reader(target: str) -> tuple[grpc.Channel, Iterator[dream_pb2.DreamResp
     return channel, dream_pb2_grpc.DreamServiceStub(channel).Dream(BIG_FRAMES, timeout=300)
 
 
+def assert_dropped_and_its_slot_freed(server, steps_before: int, call: Iterator) -> None:
+    """`call`'s reader reads nothing more (with --reader-timeout 1): the work stops before its
+    end, its slot frees, and the call ends RESOURCE_EXHAUSTED READER_IDLE."""
+    engine = server.server.engine
+    stopped = wait_until_still(lambda: engine.steps_run, settle=2.0, timeout=120) - steps_before
+    assert stopped < OCTAVES
+    # The slot is free again: a new dream runs (it may have to wait for the worker to stop).
+    with DreamClient(server.target, retries=20) as client:
+        assert list(client.dream(None, width=64, height=64, octaves=1, steps_per_octave=1))[-1].final
+    with pytest.raises(grpc.RpcError) as dropped:
+        list(call)
+    assert dropped.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "read nothing for 1 s" in dropped.value.details()
+
+
 def test_the_ascent_waits_for_a_reader_that_stops_and_goes_on_when_it_reads_again(start_server, repository) -> None:
     server = start_server(repository, max_concurrent=1, max_queue=0, reader_timeout=300)
     engine = server.server.engine
@@ -48,27 +63,17 @@ def test_the_ascent_waits_for_a_reader_that_stops_and_goes_on_when_it_reads_agai
 
 def test_a_reader_idle_past_the_timeout_is_dropped_and_its_slot_freed(start_server, repository) -> None:
     server = start_server(repository, max_concurrent=1, max_queue=0, reader_timeout=1)
-    engine = server.server.engine
-    before = engine.steps_run
+    before = server.server.engine.steps_run
     channel, call = slow_reader(server.target)
     with channel:
         assert next(call).WhichOneof("event") == "started"
-        stopped = wait_until_still(lambda: engine.steps_run, settle=2.0, timeout=120) - before
-        assert stopped < OCTAVES
-        # The slot is free again: a new dream runs (it may have to wait for the worker to stop).
-        with DreamClient(server.target, retries=20) as client:
-            assert list(client.dream(None, width=64, height=64, octaves=1, steps_per_octave=1))[-1].final
-        with pytest.raises(grpc.RpcError) as dropped:
-            list(call)
-    assert dropped.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "read nothing for 1 s" in dropped.value.details()
+        assert_dropped_and_its_slot_freed(server, before, call)
 
 
 def test_a_video_whose_reader_is_idle_past_the_timeout_is_dropped_too(start_server, repository) -> None:
     """The slow-reader rule is the data plane's, the same for every streaming call."""
     server = start_server(repository, max_concurrent=1, max_queue=0, reader_timeout=1)
-    engine = server.server.engine
-    before = engine.steps_run
+    before = server.server.engine.steps_run
     noise = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(noise).save(buffer, format="PNG")  # noise: every dreamed frame is large too
@@ -78,11 +83,4 @@ def test_a_video_whose_reader_is_idle_past_the_timeout_is_dropped_too(start_serv
     with grpc.insecure_channel(server.target, options=SLOW_READER_OPTIONS) as channel:
         call = dream_pb2_grpc.DreamServiceStub(channel).DreamVideo(iter(requests), timeout=300)
         assert next(call).frame.index == 0
-        stopped = wait_until_still(lambda: engine.steps_run, settle=2.0, timeout=120) - before
-        assert stopped < OCTAVES
-        with DreamClient(server.target, retries=20) as client:
-            assert list(client.dream(None, width=64, height=64, octaves=1, steps_per_octave=1))[-1].final
-        with pytest.raises(grpc.RpcError) as dropped:
-            list(call)
-    assert dropped.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "read nothing for 1 s" in dropped.value.details()
+        assert_dropped_and_its_slot_freed(server, before, call)
