@@ -7,7 +7,9 @@ its libraries, so a device is only trusted once a real session reports it in
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +24,20 @@ DEVICE_CHOICES = ("auto", "cuda", "cpu")
 # Every octave has a new image size; an exhaustive cuDNN algorithm search per new
 # shape would cost more than the convolutions it speeds up.
 _CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+
+# Host memory: ONE CPU arena for every session of the process, shrunk (its free regions
+# handed back to the system) by the Run of each octave's last step (see releasing_run).
+# Chosen by `python -m benchmarks.arena` and `python -m benchmarks.step_memory` (README,
+# "Memory"): without an arena every tensor of a step is malloc'ed and page-faulted anew
+# (+23 % a 512 px step); a session's own arena keeps its peak for good, so a mix of dreams
+# on several layer graphs would hold the sum of their peaks; one shared arena holds at
+# most what the dreams running together need, and shrinking at each octave's end gives it
+# back before the next, larger octave. Shrinking after every Run costs the speed back.
+# Growing by powers of two (ONNX Runtime's default) packs a step into fewer, larger regions:
+# a 1024 px googlenet-bvlc step peaks at 1125 MiB, against 1456 MiB growing by exactly
+# what is asked (kSameAsRequested), where freed chunks of separate regions never coalesce.
+_ARENA_EXTEND_STRATEGY = 0  # kNextPowerOfTwo; 1 is kSameAsRequested
+_SHRINK_ARENA = "memory.enable_memory_arena_shrinkage"
 
 
 class DeviceError(RuntimeError):
@@ -71,6 +87,30 @@ def choose_device(requested: str, threads: int = 0) -> Device:
     return Device("cpu", requested, threads)
 
 
+_ARENA_LOCK = threading.Lock()
+
+
+def _shared_cpu_arena() -> None:
+    """Register the process's one CPU arena with ONNX Runtime, once (sessions opt in)."""
+    with _ARENA_LOCK:  # two sessions opening at once: the second finds it in the cache
+        _register_shared_cpu_arena()
+
+
+@functools.cache
+def _register_shared_cpu_arena() -> None:
+    memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    # max_mem 0: no cap of its own (the server's memory budget is the cap); -1: ONNX Runtime's defaults.
+    ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, _ARENA_EXTEND_STRATEGY, -1, -1))
+
+
+@functools.cache
+def releasing_run() -> ort.RunOptions:
+    """Run options whose Run, at its end, hands the CPU arena's free regions back to the system."""
+    options = ort.RunOptions()
+    options.add_run_config_entry(_SHRINK_ARENA, "cpu:0")
+    return options
+
+
 def open_session(path: Path, device: Device) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -79,10 +119,10 @@ def open_session(path: Path, device: Device) -> ort.InferenceSession:
     # Every octave has another image size, so ONNX Runtime's per-shape memory plan is
     # redone anyway; without it the peak memory of a 1024 px step is 15% lower, as fast.
     options.enable_mem_pattern = False
-    # ONNX Runtime's CPU arena keeps each session's peak for good; with a session per
-    # layer graph, a mix of dreams would hold the sum of their peaks. Without it, a step's
-    # memory goes back when the step ends, so the server's memory budget holds.
-    options.enable_cpu_mem_arena = False
+    # The shared arena (see _ARENA_EXTEND_STRATEGY) instead of one per session.
+    _shared_cpu_arena()
+    options.enable_cpu_mem_arena = True
+    options.add_session_config_entry("session.use_env_allocators", "1")
     return ort.InferenceSession(str(path), sess_options=options, providers=device.providers)
 
 

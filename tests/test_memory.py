@@ -73,3 +73,20 @@ def test_a_burst_of_the_largest_legal_dreams_stays_under_the_memory_budget(budge
     peak_mib = (budgeted.status("VmHWM") - baseline) / 1024
     print(f"burst: 4 dreams of {side} px, peak {peak_mib:.0f} MiB over the RSS after loading, budget {BUDGET_MIB} MiB")
     assert peak_mib <= BUDGET_MIB, f"4 dreams of {side} px took {peak_mib:.0f} MiB over a {BUDGET_MIB} MiB budget"
+
+
+def test_dreams_on_many_layer_graphs_give_their_memory_back(budgeted: ServeProcess) -> None:
+    # Each layer has graphs (sessions) of its own; an arena per session would keep the peak of
+    # each, and the server would hold their sum. The shared arena, shrunk at each octave's end,
+    # keeps at most what one dream needs, and hands it back.
+    side = largest_legal_side(BUDGET_MIB) // 2
+    layers = ("block4", "block8", "block12", "head", "block2", "block6")
+    with DreamClient(budgeted.target) as client:
+        list(client.dream(None, width=side, height=side, octaves=1, steps_per_octave=1, layers={"block10": 1.0}))
+        before = budgeted.status("VmRSS")
+        for layer in layers:
+            list(client.dream(None, width=side, height=side, octaves=2, steps_per_octave=1, layers={layer: 1.0}))
+    held_mib = (budgeted.status("VmRSS") - before) / 1024
+    one_dream_mib = (STEP_BASE_BYTES + STEP_BYTES_PER_PIXEL * side * side) / MIB
+    print(f"{len(layers)} layers at {side} px: {held_mib:.0f} MiB held after them, estimate {one_dream_mib:.0f} MiB")
+    assert held_mib < one_dream_mib, f"{held_mib:.0f} MiB held after dreams on {len(layers)} layers"

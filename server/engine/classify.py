@@ -19,6 +19,7 @@ from dreamstream.server import imaging
 from dreamstream.server.engine.limits import DEFAULT_LIMITS, Limits
 from dreamstream.server.engine.octaves import resize
 from dreamstream.server.models import ModelRepository
+from dreamstream.server.providers import releasing_run
 from dreamstream.server.refusals import InvalidRequest, NoClassifier
 
 DEFAULT_TOP = 5
@@ -63,7 +64,7 @@ def classify(
     pixels = imaging.decode(image, 2 * classifier.size, limits.max_input_pixels)
     square = resize(np.ascontiguousarray(pixels.transpose(2, 0, 1)), classifier.size, classifier.size)
     feeds = {IMAGE: np.ascontiguousarray(square[None], np.float32)}
-    (probabilities,) = model.session(classifier.graph).run([PROBABILITIES], feeds)
+    (probabilities,) = model.session(classifier.graph).run([PROBABILITIES], feeds, releasing_run())
     order = np.argsort(probabilities[0])[::-1][:top]
     return Classification(
         model=model.name,

@@ -19,11 +19,13 @@ DEFAULT_MAX_DREAM_SECONDS = 600.0
 
 # Memory of one ascent step: a base (scratch buffers, the decoded start picture, the
 # frames, the step graph's session) and a part per pixel of its octave (the activations
-# kept for the gradient, the gradient, the picture). Measured as peak RSS over the
-# server's RSS after loading, CPU provider without its memory arena (see
-# providers.open_session), on the deepest layers, 512 and 1024 px square:
-# efficientnet-lite0 head 303 and 797 MiB, googlenet-bvlc inception_5b 416 and 1208 MiB.
-# Rounded up over both. Heavier backbones (VGG) need `serve --dream-bytes-per-pixel`.
+# kept for the gradient, the gradient, the picture). Measured as the server's peak RSS
+# over its RSS before the dream, with the shared CPU arena of providers.open_session
+# (`python -m benchmarks.step_memory`), on the deepest layers, 512 and 1024 px square:
+# efficientnet-lite0 head 216 and 700 MiB, googlenet-bvlc inception_5b 324 and 1125 MiB
+# (without an arena, as before: 303 and 797, 416 and 1208). The estimate (435 and
+# 1260 MiB) keeps the old rounding up over both, some 12 % above the largest.
+# Heavier backbones (VGG) need `serve --dream-bytes-per-pixel`.
 STEP_BASE_BYTES = 160 * 2**20
 STEP_BYTES_PER_PIXEL = 1_100
 # Memory of decoding a picture per input pixel: the decoded RGBA copy and its conversion.

@@ -37,7 +37,14 @@ from dreamstream.server.engine.objectives import channel_weights, ranking_pictur
 from dreamstream.server.engine.octaves import resize
 from dreamstream.server.engine.plan import DreamPlan, plan_dream
 from dreamstream.server.engine.request import DreamSpec
-from dreamstream.server.engine.steppers import BoundSteps, GradientSteps, HostSteps, Stepper, step_constants
+from dreamstream.server.engine.steppers import (
+    BoundSteps,
+    GradientSteps,
+    HostSteps,
+    Stepper,
+    run_options,
+    step_constants,
+)
 from dreamstream.server.engine.tiling import TiledSteps, untiled_limit
 from dreamstream.server.models import Model, ModelRepository
 from dreamstream.server.refusals import ModelCannotRun, TimeLimit
@@ -174,7 +181,7 @@ class DreamEngine:
                 jitter = rng.integers(-params.jitter, params.jitter + 1, size=2, dtype=np.int64)
                 # The step graphs roll by 0 <= shift < size; a roll by -3 is a roll by size - 3.
                 shift = jitter % np.array([height, width], np.int64)
-                loss = stepper.step(shift)
+                loss = stepper.step(shift, release=step == params.steps_per_octave)
                 with self._count_lock:
                     self._steps_run += 1
                 clock.work += height * width
@@ -225,7 +232,7 @@ class DreamEngine:
             LAYER_WEIGHTS: plan.layer_weights,
             CHANNEL_WEIGHTS: np.ones(manifest.channel_total, np.float32),
         }
-        (means,) = session.run([CHANNEL_MEANS], feeds)
+        (means,) = session.run([CHANNEL_MEANS], feeds, run_options(release=True))
         return channel_weights(manifest, plan.channels, means[0])
 
     def _stepper(self, plan: DreamPlan, channel_weights: np.ndarray, guide: np.ndarray | None) -> Stepper:

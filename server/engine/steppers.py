@@ -6,6 +6,9 @@ through IOBinding, so on CUDA a step copies nothing but its shift in and its
 loss out. `GradientSteps` runs the gradient graph instead and does the rest of
 the step on the host, for the controls that reshape the gradient (a guide's
 graph, Laplacian normalisation, TV regularisation; see `normalise`).
+
+A step told to `release` is the octave's last: its Run hands the CPU arena's free
+memory back (see `providers.releasing_run`), before the next octave's larger one.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dreamstream.modeldir import CHANNEL_WEIGHTS, GRAD, IMAGE, IMAGE_OUT, LAYER_WEIGHTS, LOSS, SHIFT, STEP_SIZE
+from dreamstream.server.providers import releasing_run
 
 
 class Stepper(Protocol):
@@ -24,7 +28,7 @@ class Stepper(Protocol):
 
     def start(self, image: np.ndarray) -> None: ...
 
-    def step(self, shift: np.ndarray) -> float: ...
+    def step(self, shift: np.ndarray, release: bool = False) -> float: ...
 
     def result(self) -> np.ndarray: ...
 
@@ -38,6 +42,11 @@ def step_constants(layer_weights: np.ndarray, channel_weights: np.ndarray, step_
     }
 
 
+def run_options(release: bool) -> ort.RunOptions | None:
+    """The options of a step's Run: the releasing ones for an octave's last step."""
+    return releasing_run() if release else None
+
+
 class HostSteps:
     """Feeds numpy arrays: on the CPU the picture lives in host memory anyway."""
 
@@ -48,9 +57,9 @@ class HostSteps:
     def start(self, image: np.ndarray) -> None:
         self._feeds[IMAGE] = np.ascontiguousarray(image[None], np.float32)
 
-    def step(self, shift: np.ndarray) -> float:
+    def step(self, shift: np.ndarray, release: bool = False) -> float:
         self._feeds[SHIFT] = shift
-        image, loss = self._session.run([IMAGE_OUT, LOSS], self._feeds)
+        image, loss = self._session.run([IMAGE_OUT, LOSS], self._feeds, run_options(release))
         self._feeds[IMAGE] = image
         return float(loss[0])
 
@@ -83,11 +92,11 @@ class BoundSteps:
         self._image = ort.OrtValue.ortvalue_from_numpy(batch, self._device, 0)
         self._spare = ort.OrtValue.ortvalue_from_shape_and_type(batch.shape, np.float32, self._device, 0)
 
-    def step(self, shift: np.ndarray) -> float:
+    def step(self, shift: np.ndarray, release: bool = False) -> float:
         self._binding.bind_cpu_input(SHIFT, shift)
         self._binding.bind_ortvalue_input(IMAGE, self._image)
         self._binding.bind_ortvalue_output(IMAGE_OUT, self._spare)
-        self._session.run_with_iobinding(self._binding)
+        self._session.run_with_iobinding(self._binding, run_options(release))
         self._image, self._spare = self._spare, self._image
         return float(self._loss.numpy()[0])
 
@@ -118,10 +127,10 @@ class GradientSteps:
     def start(self, image: np.ndarray) -> None:
         self._image = np.ascontiguousarray(image, np.float32)
 
-    def step(self, shift: np.ndarray) -> float:
+    def step(self, shift: np.ndarray, release: bool = False) -> float:
         axes = (1, 2)
         rolled = np.roll(self._image, tuple(shift), axis=axes)
-        loss, grad = self._session.run([LOSS, GRAD], {**self._feeds, IMAGE: rolled[None]})
+        loss, grad = self._session.run([LOSS, GRAD], {**self._feeds, IMAGE: rolled[None]}, run_options(release))
         grad = np.roll(grad[0], tuple(-shift), axis=axes)
         moved = self._image + self._step_size * self._direction(grad, self._image)
         self._image = np.clip(moved, 0.0, 1.0).astype(np.float32)

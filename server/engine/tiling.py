@@ -31,6 +31,7 @@ from dreamstream.modeldir import GRAD, IMAGE, LOSS, Manifest
 from dreamstream.server.engine.fitting import SizeFit
 from dreamstream.server.engine.limits import STEP_BASE_BYTES, Limits, step_memory
 from dreamstream.server.engine.normalise import NORMALISE_EPSILON
+from dreamstream.server.providers import releasing_run
 from dreamstream.server.refusals import InvalidRequest
 
 # The longest side a dream may have, in tiles. The whole picture's own arrays (the
@@ -153,7 +154,9 @@ class TiledSteps:
         self._image = np.ascontiguousarray(image, np.float32)
         self._grad = np.empty_like(self._image)
 
-    def step(self, shift: np.ndarray) -> float:
+    def step(self, shift: np.ndarray, release: bool = False) -> float:
+        """One step, tile by tile; the last tile's Run releases the arena's free memory whatever
+        `release` says (the tiles' sizes change with the shift at every step)."""
         image, grad = self._image, self._grad
         channels, height, width = image.shape
         every_channel = np.arange(channels)
@@ -161,14 +164,15 @@ class TiledSteps:
         columns = self.tiling.axis(width).spans(int(shift[1]), width)
         losses = []
         absolute_sum = 0.0
-        for row in rows:
-            for column in columns:
-                tile = image[np.ix_(every_channel, row.read, column.read)]
-                loss, tile_grad = self._session.run([LOSS, GRAD], {**self._feeds, IMAGE: tile[None]})
-                core = tile_grad[0, :, row.keep, column.keep]
-                grad[np.ix_(every_channel, row.write, column.write)] = core
-                absolute_sum += float(np.abs(core).sum(dtype=np.float64))
-                losses.append(float(loss[0]))
+        tiles = [(row, column) for row in rows for column in columns]
+        for number, (row, column) in enumerate(tiles, start=1):
+            tile = image[np.ix_(every_channel, row.read, column.read)]
+            options = releasing_run() if number == len(tiles) else None
+            loss, tile_grad = self._session.run([LOSS, GRAD], {**self._feeds, IMAGE: tile[None]}, options)
+            core = tile_grad[0, :, row.keep, column.keep]
+            grad[np.ix_(every_channel, row.write, column.write)] = core
+            absolute_sum += float(np.abs(core).sum(dtype=np.float64))
+            losses.append(float(loss[0]))
         if self._direction is not None:
             image += self._step_size * self._direction(grad, image)
         else:
