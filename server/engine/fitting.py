@@ -84,8 +84,8 @@ class FittedSteps:
         self._crop = (slice(top, top + height), slice(left, left + width))
         self._inner.start(np.pad(image, pads, mode="reflect"))
 
-    def step(self, shift: np.ndarray) -> float:
-        return self._inner.step(shift)
+    def step(self, shift: np.ndarray, release: bool = False) -> float:
+        return self._inner.step(shift, release)
 
     def result(self) -> np.ndarray:
         rows, columns = self._crop

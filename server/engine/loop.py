@@ -269,9 +269,9 @@ class _Refusing:
     def start(self, image: np.ndarray) -> None:
         self._inner.start(image)
 
-    def step(self, shift: np.ndarray) -> float:
+    def step(self, shift: np.ndarray, release: bool = False) -> float:
         try:
-            return self._inner.step(shift)
+            return self._inner.step(shift, release)
         except _ORT_FAILURES as error:
             height, width = self._size
             detail = str(error).split("Status Message: ")[-1].splitlines()[0][:200]
