@@ -144,13 +144,37 @@ def _randomised(keras, model) -> None:
             )  # fmt: skip
 
 
+def _application(name: str):
+    """keras.applications' network of that name without its head, at any input size, random weights."""
+
+    def build(keras, dtype: str):
+        keras.config.set_dtype_policy(dtype)
+        try:
+            return getattr(keras.applications, name)(weights=None, include_top=False, input_shape=(None, None, 3))
+        finally:
+            keras.config.set_dtype_policy("float32")
+
+    return build
+
+
+# Keras' own applications (DREAMSTREAM_LONG_TESTS=1: each takes a minute or two to convert).
+APPLICATIONS: dict[str, Callable] = {
+    f"keras_app_{name}": _application(name) for name in ("MobileNetV2", "ResNet50", "EfficientNetB0", "InceptionV3")
+}
+
+
+def _features(outputs) -> list:
+    """The feature maps the dream loss is taken over: mid and deep (before the logits), or an
+    application's one output."""
+    return list(outputs[:2]) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
 def _dream_gradient(tf, model, image_nhwc: np.ndarray) -> np.ndarray:
-    """d/d image of mean(mid^2) + mean(deep^2), NCHW."""
+    """d/d image of the mean square of each feature map, summed (mean(mid^2) + mean(deep^2)), NCHW."""
     image = tf.constant(image_nhwc)
     with tf.GradientTape() as tape:
         tape.watch(image)
-        mid, deep, _ = model(image, training=False)
-        loss = tf.reduce_mean(mid**2) + tf.reduce_mean(deep**2)
+        loss = sum(tf.reduce_mean(feature**2) for feature in _features(model(image, training=False)))
     return tape.gradient(loss, image).numpy().transpose(0, 3, 1, 2)
 
 
@@ -161,20 +185,24 @@ def write(out_dir: Path, names: list[str]) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)
+    networks = {**ARCHITECTURES, **APPLICATIONS}
     for name in names:
         keras.utils.set_random_seed(SEED)
-        model = ARCHITECTURES[name](keras, "float32")
+        model = networks[name](keras, "float32")
         _randomised(keras, model)
-        twin = ARCHITECTURES[name](keras, "float64")
+        twin = networks[name](keras, "float64")
         twin.set_weights([weight.astype(np.float64) for weight in model.get_weights()])
         signature = (tf.TensorSpec((None, None, None, 3), tf.float32, name="input"),)
-        tf2onnx.convert.from_keras(model, input_signature=signature, output_path=str(out_dir / f"{name}.onnx"))
+        converted, _ = tf2onnx.convert.from_keras(
+            model, input_signature=signature, output_path=str(out_dir / f"{name}.onnx")
+        )
         image = rng.uniform(0, 1, (1, *PICTURE, 3))
         np.savez(
             out_dir / f"{name}.npz",
             image=image.transpose(0, 3, 1, 2).astype(np.float32),
             grad64=_dream_gradient(tf, twin, image),
             grad32=_dream_gradient(tf, model, image.astype(np.float32)).astype(np.float64),
+            layers=np.array([output.name for output in converted.graph.output[: len(_features(model.outputs))]]),
         )
 
 

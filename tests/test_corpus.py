@@ -27,6 +27,7 @@ import pytest
 import torch
 from conftest import assert_graphs_pass_checker_and_cuda_audit, shared_image
 from corpus_models import ARCHITECTURES, build
+from keras_models import APPLICATIONS as KERAS_APPLICATIONS
 from keras_models import ARCHITECTURES as KERAS_ARCHITECTURES
 from onnx_variants import VARIANTS
 
@@ -181,15 +182,24 @@ def _our_gradient(model_dir: Path, image: np.ndarray) -> np.ndarray:
     return session.run(["grad"], feeds)[0]
 
 
-@pytest.fixture(scope="module")
-def keras_files(corpus_dir: Path) -> Path:
+def _converted_by_tf2onnx(folder: Path, names: list[str], timeout: float) -> Path:
     """The Keras networks as tf2onnx converts them, with TensorFlow's float64 gradients (a
     subprocess of their own: see keras_models.py)."""
-    folder = corpus_dir / "keras"
     script = Path(__file__).with_name("keras_models.py")
-    result = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=600)
+    command = [sys.executable, str(script), str(folder), *names]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
+
+
+@pytest.fixture(scope="module")
+def keras_files(corpus_dir: Path) -> Path:
+    return _converted_by_tf2onnx(corpus_dir / "keras", list(KERAS_ARCHITECTURES), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def keras_application_files(corpus_dir: Path) -> Path:
+    return _converted_by_tf2onnx(corpus_dir / "keras_applications", list(KERAS_APPLICATIONS), timeout=3000)
 
 
 @pytest.mark.parametrize("name", KERAS_ARCHITECTURES)
@@ -198,14 +208,23 @@ def test_keras_model_converted_by_tf2onnx_exports_with_the_gradient_of_tensorflo
 ) -> None:
     """tf2onnx as it delivers a file: NHWC input, the ai.onnx.ml import, 'same' pooling (auto_pad),
     feature outputs transposed to NHWC. The oracle is TensorFlow's own float64 autodiff."""
-    model_dir = export_model(
-        "onnx",
-        corpus_dir / "models",
-        name=name,
-        onnx_options=OnnxOptions(keras_files / f"{name}.onnx", ["mid", "deep"]),
-    )
+    _assert_exports_with_the_gradient_of_tensorflow(keras_files, name, corpus_dir)
+
+
+@pytest.mark.skipif(not LONG, reason="set DREAMSTREAM_LONG_TESTS=1: converting each takes a minute or two")
+@pytest.mark.parametrize("name", KERAS_APPLICATIONS)
+def test_keras_application_converted_by_tf2onnx_exports_with_the_gradient_of_tensorflow(
+    name: str, keras_application_files: Path, corpus_dir: Path
+) -> None:
+    """keras.applications' own networks (random weights, batch norms away from the identity)."""
+    _assert_exports_with_the_gradient_of_tensorflow(keras_application_files, name, corpus_dir)
+
+
+def _assert_exports_with_the_gradient_of_tensorflow(folder: Path, name: str, corpus_dir: Path) -> None:
+    reference = np.load(folder / f"{name}.npz")
+    options = OnnxOptions(folder / f"{name}.onnx", [str(layer) for layer in reference["layers"]])
+    model_dir = export_model("onnx", corpus_dir / "models", name=name, onnx_options=options)
     assert_graphs_pass_checker_and_cuda_audit(model_dir)
-    reference = np.load(keras_files / f"{name}.npz")
     our_error = _relative_l2(_our_gradient(model_dir, reference["image"]), reference["grad64"])
     tensorflow_error = _relative_l2(reference["grad32"], reference["grad64"])
     assert our_error <= max(1e-6, 2 * tensorflow_error), f"ours {our_error:.2e}, TF float32 {tensorflow_error:.2e}"
