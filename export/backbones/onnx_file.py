@@ -299,7 +299,7 @@ def _run(forward: onnx.ModelProto, names: list[str], size: int) -> tuple[int, li
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # ORT's warnings about the user's graph are not the user's business here
+    options.log_severity_level = 4  # ORT's warnings about the user's graph, and the failing probes, stay out of the log
     try:
         session = ort.InferenceSession(forward.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT's own exception types
@@ -311,7 +311,11 @@ def _run(forward: onnx.ModelProto, names: list[str], size: int) -> tuple[int, li
             return side, session.run([_NAMESPACE + name for name in names], {forward.graph.input[0].name: probe})
         except Exception as error:  # ORT's own exception types
             first_error = first_error or error
-    raise OnnxBackboneError(f"the network does not run on a {size}px image: {first_error}")
+    detail = str(first_error).split("Status Message: ")[-1].splitlines()[0][:300]
+    raise OnnxBackboneError(
+        f"the network runs on no square picture of {size} to {size + STEP_WINDOW - 1} px ({detail}): "
+        f"convert it with a fixed input size (say 1x{size}x{size}x3), or name tensors before the failing node"
+    )
 
 
 def _measure_layers(
