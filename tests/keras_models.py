@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 PICTURE = (72, 88)  # height, width of the gradient check: not square, no power of two
+APPLICATION_PICTURE = (120, 168)  # keras.applications' InceptionV3 takes 75 px at least
 SEED = 0
 
 
@@ -196,7 +197,7 @@ def write(out_dir: Path, names: list[str]) -> None:
         converted, _ = tf2onnx.convert.from_keras(
             model, input_signature=signature, output_path=str(out_dir / f"{name}.onnx")
         )
-        image = rng.uniform(0, 1, (1, *PICTURE, 3))
+        image = rng.uniform(0, 1, (1, *(APPLICATION_PICTURE if name in APPLICATIONS else PICTURE), 3))
         np.savez(
             out_dir / f"{name}.npz",
             image=image.transpose(0, 3, 1, 2).astype(np.float32),
