@@ -4,8 +4,11 @@ The classifier's input becomes dynamic in N, H and W; everything after the
 deepest named tensor (pooling, flatten, the classifier head) is cut away by
 the export, so fixed-size heads do not matter. Channel counts and strides are
 measured by running the network once at its declared input size (224x224 if it
-declares none). Every tensor is renamed into a namespace of its own, so that no
-name the user's converter chose can clash with the names the export writes.
+declares none, or the next side it runs at). A network that takes NHWC (as
+TensorFlow's converters write them) gets a Transpose in front, and a layer named
+by a channels-last map is dreamed on as its NCHW form. Every tensor is renamed
+into a namespace of its own, so that no name the user's converter chose can
+clash with the names the export writes.
 """
 
 from __future__ import annotations
