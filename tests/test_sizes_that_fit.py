@@ -139,7 +139,8 @@ def fixed_224(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_fixed_size_model_dreams_a_photograph_smaller_than_its_input(fixed_224: Path, start_server):
-    """The issue's case: shapes frozen at 224 px, the cat photograph at 256x170 px."""
+    """The issue's case: shapes frozen at 224 px, the cat photograph at 256x170 px (its short side
+    padded, its long one in tiles); and a larger photograph in tiles, as before."""
     from dreamstream.client import DreamClient, Frame, Started
     from dreamstream.server.models import ModelRepository
 
@@ -148,14 +149,15 @@ def test_a_fixed_size_model_dreams_a_photograph_smaller_than_its_input(fixed_224
     repository.load()
     server = start_server(repository)
     with DreamClient(server.target) as client:
-        events = list(client.dream(shared_image("chelsea.png"), model="fixed224", max_size=256, steps_per_octave=2))
-    started = next(event for event in events if isinstance(event, Started))
-    frames = [event for event in events if isinstance(event, Frame)]
-    assert frames[-1].final and (frames[-1].width, frames[-1].height) == (256, 170)
-    assert started.octave_sizes[0] == started.octave_sizes[-1]  # the ladder stops at the picture's size
-    original = Image.open(shared_image("chelsea.png")).convert("RGB").resize((256, 170))
-    dreamed = frames[-1].image().convert("RGB")
-    assert np.abs(np.asarray(dreamed, np.float32) - np.asarray(original, np.float32)).mean() > 2.0
+        for photo, side, size in (("chelsea.png", 256, (256, 170)), ("coffee.png", 600, (600, 400))):
+            picture = shared_image(photo)
+            events = list(client.dream(picture, model="fixed224", max_size=side, octaves=3, steps_per_octave=2))
+            started = next(event for event in events if isinstance(event, Started))
+            frames = [event for event in events if isinstance(event, Frame)]
+            assert frames[-1].final and (frames[-1].width, frames[-1].height) == size
+            original = np.asarray(Image.open(picture).convert("RGB").resize(size), np.float32)
+            assert np.abs(np.asarray(frames[-1].image().convert("RGB"), np.float32) - original).mean() > 2.0
+    assert started.octave_sizes[0] == (336, 224)  # the ladder stops at the model's size
 
 
 @pytest.fixture(scope="module")
