@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,11 +267,12 @@ def test_a_server_with_no_memory_flag_in_a_2_gib_container_survives_a_burst_of_t
     try:
         limited.wait_until_serving()
         assert re.search(rf"memory: cgroup v[12] \S+ {MEMORY_LIMIT_MIB:,} MiB", limited.logs()), limited.logs()
+        began = time.monotonic()
         with DreamClient(limited.target) as client:
             failures = _burst(client, REPO / "samples" / "coffee.jpg")
         peak_mib = limited.server_status("VmHWM") / 1024
         state = limited.inspect()["State"]
-        print(f"container burst: server peak {peak_mib:.0f} MiB of {MEMORY_LIMIT_MIB} MiB")
+        print(f"container burst: {time.monotonic() - began:.0f} s, server peak {peak_mib:.0f} MiB of {MEMORY_LIMIT_MIB} MiB")
         assert failures == [], (failures, limited.logs()[-3000:])
         assert state["Running"] and not state["OOMKilled"], state
         assert serving_status(limited.target) == health_pb2.HealthCheckResponse.SERVING
@@ -294,12 +296,10 @@ def _burst(client, coffee: Path) -> list[BaseException]:
     frame = np.full((side, side, 3), 128, np.uint8)
     calls = [
         lambda: largest_dream("efficientnet-lite0", 1),
-        lambda: largest_dream("efficientnet-lite0", 2),
         lambda: list(client.dream(width=2 * side, height=2 * side, tile_size=512, **one_step)),  # tiled
         lambda: list(client.dream(coffee, max_size=side, guide=coffee, layers=deepest_lite0, **one_step)),
         lambda: list(client.dream_video([frame, frame, frame], **one_step)),
         lambda: list(client.zoom(width=side, height=side, frames=3, **one_step)),
-        lambda: client.classify(coffee),
         lambda: client.classify(coffee),
     ]
     if "googlenet-bvlc" in models:
