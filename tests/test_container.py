@@ -272,7 +272,8 @@ def test_a_server_with_no_memory_flag_in_a_2_gib_container_survives_a_burst_of_t
             failures = _burst(client, REPO / "samples" / "coffee.jpg")
         peak_mib = limited.server_status("VmHWM") / 1024
         state = limited.inspect()["State"]
-        print(f"container burst: {time.monotonic() - began:.0f} s, server peak {peak_mib:.0f} MiB of {MEMORY_LIMIT_MIB} MiB")
+        seconds = time.monotonic() - began
+        print(f"container burst: {seconds:.0f} s, server peak {peak_mib:.0f} MiB of {MEMORY_LIMIT_MIB} MiB")
         assert failures == [], (failures, limited.logs()[-3000:])
         assert state["Running"] and not state["OOMKilled"], state
         assert serving_status(limited.target) == health_pb2.HealthCheckResponse.SERVING
