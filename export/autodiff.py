@@ -4,7 +4,7 @@ One function walks the graph (`reverse_pass`); each op type has one small rule
 in the table of `rules/` (`RULES`) that, given the gradients of a node's outputs, emits the nodes
 computing the gradients of its inputs. The one design choice that matters:
 rules read the forward node's own inputs and outputs (a Relu's mask comes from
-its output, a MaxPool's from comparing its input with its output), so the
+its output, a MaxPool's scatter from the indices it already computed), so the
 gradient graph stays about the size of the forward graph and nothing is
 computed twice.
 

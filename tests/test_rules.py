@@ -362,6 +362,11 @@ CASES = [
         lambda x: F.max_pool2d(x, 3, (1, 2), 1, dilation=2),
     ),
     Case(
+        "maxpool_stride1_dilated",
+        lambda g, x: g.op("MaxPool", x, kernel_shape=[3, 2], pads=[2, 1, 2, 0], dilations=[2, 2]),
+        lambda x: F.max_pool2d(F.pad(x, [1, 0, 2, 2], value=-np.inf), (3, 2), 1, dilation=2),
+    ),
+    Case(
         "maxpool_dilated_ceil",
         lambda g, x: g.op("MaxPool", x, kernel_shape=[2, 2], strides=[2, 2], dilations=[2, 2], ceil_mode=1),
         lambda x: F.max_pool2d(x, 2, 2, dilation=2, ceil_mode=True),

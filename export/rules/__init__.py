@@ -19,7 +19,7 @@ from dreamstream.export.rules.context import OpRule
 RULES: dict[str, OpRule] = {
     # convolution and pooling
     "Conv": OpRule(conv.conv),
-    "MaxPool": OpRule(pooling.max_pool, prepare=pooling.prepare_max_pool),
+    "MaxPool": OpRule(pooling.max_pool, prepare=pooling.add_maxpool_indices),
     "AveragePool": OpRule(pooling.average_pool),
     "GlobalAveragePool": OpRule(pooling.global_average_pool),
     "GlobalMaxPool": OpRule(pooling.global_max_pool),

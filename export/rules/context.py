@@ -5,8 +5,7 @@ A rule gets the context, the forward node, the gradient of each of its outputs
 that need a gradient; it returns {input index: gradient tensor name}. A few ops
 must also be emitted differently in the forward for their rule (a MaxPool that
 returns its indices, an LRN computed from parts the backward reuses): their
-preparer returns the nodes the reverse pass walks (a MaxPool is walked as two 1-D ones)
-and the nodes emitted in its place.
+preparer returns the nodes the reverse pass walks and the nodes emitted in their place.
 """
 
 from __future__ import annotations

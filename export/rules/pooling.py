@@ -1,15 +1,16 @@
 """Pooling and reductions: MaxPool, AveragePool, the global pools, ReduceMean, ReduceMax, ReduceSum.
 
-A 2-D MaxPool is emitted and walked as two 1-D ones (its rows, then its columns:
-max is separable), and each 1-D max-pool's gradient is built from comparisons of
-its input with its output at each of the window's k taps: the gradient of a window
-goes to the first tap holding its maximum (torch's rule for ties, which a window of
-a clipped, flat part of a picture has), so the two stages send it to the raster-first
-maximum of the 2-D window, as torch does. That is a few elementwise ops per tap and
-no indices: ONNX Runtime's MaxPool with indices runs 13x slower than its plain one,
-and the scatter-add through them is single-threaded. Other MaxPools (1-D, 3-D, or
-whose indices the graph itself uses) keep the scatter-add through the indices the
-forward computed (not a MaxUnpool, which the CUDA provider lacks).
+A MaxPool's gradient is a scatter-add of the output gradient through the indices
+the forward MaxPool computed (its preparer asks the forward for them), not a
+MaxUnpool, which the CUDA provider lacks. The indices follow torch's rule for ties
+(the window's first maximum in raster order; a clipped, flat part of a picture has
+ties). Tried and measured instead: a 2-D max-pool as two 1-D ones, each differentiated
+from comparisons of its input with its output at every tap, with the same tie rule.
+For a stride-1 pool it halved the pool's own time (forward and backward of 3x3 over
+256x64x64, one thread: 26.1 -> 13.2 ms) and made the googlenet-bvlc step 3-6 % cheaper,
+but it keeps each pool's input alive for the backward and makes full-size
+temporaries: the 512 px dream's peak memory rose 46 MiB (all pools that way: 13x
+slower MaxPool with indices gone, 83 MiB more), too much against the server's budget.
 
 An AveragePool with TensorFlow's 'same' padding (auto_pad), ceil_mode, or over 1-D
 or 3-D windows (torch's dynamo exporter writes LocalResponseNorm as a 3-D
@@ -39,56 +40,13 @@ from dreamstream.export.rules.context import (
 from dreamstream.export.rules.conv import transposed_window_grad
 
 
-def prepare_max_pool(
+def add_maxpool_indices(
     node: onnx.NodeProto, builder: GraphBuilder, shapes: StaticShapes
 ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
-    """A 2-D MaxPool as two 1-D ones (along W, then along H); other MaxPools with their indices."""
     if attr(node, "storage_order", 0) != 0:
         raise UnsupportedOperator(node, "MaxPool with storage_order=1 is not supported")
     if len(node.output) > 1 and node.output[1]:
         return [node], [node]
-    if len(attr(node, "kernel_shape")) != 2:
-        return _with_indices(node, builder)
-    window = _Window.of(node, 2)
-    stages = []
-    source = node.input[0]
-    for axis in (1, 0):  # along W first, then along H: the order of torch's raster-first rule
-        if not window.moves_along(axis):
-            continue
-        stages.append(_one_axis_pool(node, window, axis, source, builder))
-        source = stages[-1].output[0]
-    if not stages:  # a 1x1 window with stride 1: still a MaxPool, one stage
-        stages.append(_one_axis_pool(node, window, 0, source, builder))
-    stages[-1].output[0] = node.output[0]
-    return stages, stages
-
-
-def _one_axis_pool(
-    node: onnx.NodeProto, window: _Window, axis: int, source: str, builder: GraphBuilder
-) -> onnx.NodeProto:
-    """The part of a 2-D MaxPool along one spatial axis (0: H, 1: W): the window along the other is 1."""
-
-    def along(values: list[int], other: int) -> list[int]:
-        return [values[axis] if i == axis else other for i in range(2)]
-
-    attributes = {
-        "kernel_shape": along(window.kernel, 1),
-        "strides": along(window.strides, 1),
-        "dilations": along(window.dilations, 1),
-        "ceil_mode": int(window.ceil_mode),
-    }
-    if window.auto_pad == "NOTSET":
-        attributes["pads"] = along(window.pads[:2], 0) + along(window.pads[2:], 0)
-    else:  # SAME and VALID padding is worked out for each axis alone: with a window of 1 it is none
-        attributes["auto_pad"] = window.auto_pad
-    label = "rows" if axis == 1 else "columns"
-    output = builder.fresh(f"{node.output[0]}_{label}")
-    return helper.make_node(
-        "MaxPool", [source], [output], name=builder.fresh(f"{node.name or 'maxpool'}_{label}"), **attributes
-    )
-
-
-def _with_indices(node: onnx.NodeProto, builder: GraphBuilder) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
     prepared = onnx.NodeProto()
     prepared.CopyFrom(node)
     del prepared.output[:]
@@ -97,100 +55,6 @@ def _with_indices(node: onnx.NodeProto, builder: GraphBuilder) -> tuple[list[onn
 
 
 def max_pool(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
-    if len(node.output) > 1 and node.output[1]:
-        return {0: _scatter_to_indices(ctx, node, dy[0])}
-    window = _Window.of(node, 2)
-    moving = [axis for axis in (0, 1) if window.moves_along(axis)]
-    if len(moving) > 1:
-        raise UnsupportedOperator(node, "a 2-D MaxPool must be walked as two 1-D ones (see prepare_max_pool)")
-    if not moving:
-        return {0: dy[0]}
-    return {0: _one_axis_max_pool_grad(ctx, node, dy[0], window, moving[0])}
-
-
-def _one_axis_max_pool_grad(ctx: RuleContext, node: onnx.NodeProto, dy: str, window: _Window, axis: int) -> str:
-    """The input gradient of a MaxPool whose window runs along one spatial axis only.
-
-    On the input padded with -inf (never a window's maximum), tap t of every window is
-    a strided slice; where it equals the window's maximum and no earlier tap did, it
-    takes the window's gradient. What no tap before the last took goes to the last, which
-    then holds the maximum. Each tap's share is then put back in place: taps t*dilation
-    = u*stride + phase land on the positions of their phase, shifted by u windows, and
-    the phases are interleaved.
-    """
-    g = ctx.builder
-    x, y = node.input[0], node.output[0]
-    extent = window.extents[axis]
-    begin = g.op("Slice", window.pad_begin(ctx, x), g.ints([axis]), g.ints([axis + 1]), hint="maxpool_pad_begin")
-    # Enough -inf after the input for every tap's slice to have one element per window,
-    # ceil_mode's last window included; `same` padding adds at most the window's extent.
-    stride = window.strides[axis]
-    after = (window.pads[2 + axis] if window.auto_pad == "NOTSET" else extent) + stride - 1
-    taps = (window.kernel[axis], stride, window.dilations[axis])
-    return _taps_grad(ctx, x, y, dy, begin, after, taps, axis + 2)
-
-
-def _taps_grad(
-    ctx: RuleContext, x: str, y: str, dy: str, begin: str, after: int, taps: tuple[int, int, int], axis: int
-) -> str:
-    """`_one_axis_max_pool_grad` along tensor axis `axis`, with `begin` and `after` padding there."""
-    g = ctx.builder
-    k, s, d = taps
-    pads = [g.ints([0, 0]), begin if axis == 2 else g.ints([0]), g.ints([0]) if axis == 2 else begin]
-    pads.append(g.ints([0, 0] + ([after, 0] if axis == 2 else [0, after])))
-    padded = g.op("Pad", x, g.op("Concat", *pads, axis=0), g.const(-np.inf), hint="maxpool_grad_padded")
-    windows = g.op("Shape", y, hint="maxpool_windows", start=axis, end=axis + 1)
-    span = g.op("Sub", g.op("Mul", windows, g.ints([s])), g.ints([s - 1]), hint="maxpool_span")
-    shares: list[tuple[int, str]] = []  # (position in the window, its share of the gradient)
-    remaining = dy
-    for tap in range(k - 1):
-        start = g.ints([tap * d])
-        values = g.op("Slice", padded, start, g.op("Add", start, span), g.ints([axis]), g.ints([s]))
-        # Equal and a Cast to float, not Where: ONNX Runtime's CPU Where is three times slower.
-        at_max = g.op("Cast", g.op("Equal", values, y), hint="maxpool_at_max", to=onnx.TensorProto.FLOAT)
-        first = g.op("Mul", remaining, at_max, hint="maxpool_tap_share")
-        remaining = g.op("Sub", remaining, first, hint="maxpool_remaining")
-        shares.append((tap * d, first))
-    shares.append(((k - 1) * d, remaining))
-    placed = _interleave_phases(ctx, shares, s, (d * (k - 1)) // s, axis)
-    end = g.op("Add", begin, g.op("Shape", x, start=axis, end=axis + 1))
-    return g.op("Slice", placed, begin, end, g.ints([axis]), hint="maxpool_grad")
-
-
-def _interleave_phases(ctx: RuleContext, shares: list[tuple[int, str]], stride: int, reach: int, axis: int) -> str:
-    """The shares of the taps at `position` (window index w -> padded input index w*stride +
-    position) summed into one tensor over the padded input (at least as long as it)."""
-    g = ctx.builder
-    # One more window's length for each phase: the input may run up to stride-1 past the last window.
-    extra = 1 if stride > 1 else 0
-    phases: list[str] = []
-    for phase in range(stride):
-        parts = []
-        for position, share in shares:
-            if position % stride != phase:
-                continue
-            shift = position // stride
-            before, after = shift, reach - shift + extra
-            if before or after:
-                pads = [0] * 8
-                pads[axis], pads[4 + axis] = before, after
-                share = g.op("Pad", share, g.ints(pads), hint="maxpool_place")
-            parts.append(share)
-        if parts:
-            phases.append(parts[0] if len(parts) == 1 else g.op("Sum", *parts, hint="maxpool_phase"))
-        else:  # a window shorter than its stride skips this phase
-            phases.append(g.op("Mul", phases[0], g.const(0.0), hint="maxpool_empty_phase"))
-    if stride == 1:
-        return phases[0]
-    stacked = g.op("Concat", *(g.op("Unsqueeze", phase, g.ints([axis + 1])) for phase in phases), axis=axis + 1)
-    if axis == 3:
-        shape = g.ints([0, 0, 0, -1])
-    else:
-        shape = g.op("Concat", g.ints([0, 0, -1]), g.op("Shape", phases[0], start=3, end=4), axis=0)
-    return g.op("Reshape", stacked, shape, hint="maxpool_interleaved")
-
-
-def _scatter_to_indices(ctx: RuleContext, node: onnx.NodeProto, dy: str) -> str:
     # The forward MaxPool also returned the flat index (into the whole input tensor) of
     # each window's maximum; overlapping windows may pick the same input, hence the add.
     x, indices = node.input[0], node.output[1]
@@ -199,11 +63,11 @@ def _scatter_to_indices(ctx: RuleContext, node: onnx.NodeProto, dy: str) -> str:
     count = g.op("ReduceProd", shape, hint="numel", keepdims=1)
     flat_zero = ctx.zeros_like_shape(count)
     flat_indices = g.op("Reshape", indices, g.ints([-1]), hint="flat_indices")
-    flat_grad = g.op("Reshape", dy, g.ints([-1]), hint="flat_dy")
+    flat_grad = g.op("Reshape", dy[0], g.ints([-1]), hint="flat_dy")
     scattered = g.op(
         "ScatterElements", flat_zero, flat_indices, flat_grad, hint="maxpool_grad", axis=0, reduction="add"
     )
-    return g.op("Reshape", scattered, shape, hint="maxpool_grad_shape")
+    return {0: g.op("Reshape", scattered, shape, hint="maxpool_grad_shape")}
 
 
 def average_pool(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
@@ -251,11 +115,6 @@ class _Window:
             auto_pad=attr(node, "auto_pad", "NOTSET"),
             ceil_mode=bool(attr(node, "ceil_mode", 0)),
         )
-
-    def moves_along(self, axis: int) -> bool:
-        """Whether the windows change anything along this axis (a 1-wide window, stride 1, no padding do not)."""
-        spatial = len(self.kernel)
-        return self.kernel[axis] != 1 or self.strides[axis] != 1 or self.pads[axis::spatial] != [0, 0]
 
     @property
     def extents(self) -> list[int]:
