@@ -80,11 +80,18 @@ def find_working_sizes(runs: Runs, declared: int | None) -> WorkingSizes:
             f"{at_declared}"
         )
     low = _smallest_below(square, large)
-    step = _step_from(square, low)
-    while low - step >= 1 and square(low - step):  # a bisection over sides that run only on a grid may overshoot
-        low -= step
-    sizes = WorkingSizes(smallest=low, step=step)
-    _confirm(runs, sizes, large)
+    try:
+        step = _step_from(square, low)
+        while low - step >= 1 and square(low - step):  # a bisection over sides that run only on a grid may overshoot
+            low -= step
+        sizes = WorkingSizes(smallest=low, step=step)
+        _confirm(runs, sizes, large)
+    except SizeProbeError:
+        # A few sides about the declared one and no others (a reshape frozen at the traced size
+        # that rounding pools forgive by a pixel or two): a fixed-size network after all.
+        if declared and square(declared):
+            return WorkingSizes(smallest=declared, fixed=declared)
+        raise
     return sizes
 
 

@@ -213,3 +213,8 @@ def test_a_network_that_runs_every_8_px_dreams_every_octave_and_an_older_export_
             list(client.dream(photo, model="aligned-older", max_size=100, octaves=3, steps_per_octave=1))
     assert refused.value.reason == "MODEL_CANNOT_RUN"
     assert "aligned-older" in str(refused.value) and "re-export" in str(refused.value)
+
+
+def test_a_few_sides_about_the_declared_one_make_a_fixed_size_network():
+    """A reshape frozen at the traced 64 px that ceil-mode pools forgive from 63 to 66 px."""
+    assert find_working_sizes(lambda h, w: 63 <= h <= 66 and 63 <= w <= 66, 64) == WorkingSizes(64, fixed=64)

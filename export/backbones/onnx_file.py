@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto
 
 from dreamstream.export.backbone import Backbone, DreamLayer
-from dreamstream.export.backbones.onnx_idioms import size_free
+from dreamstream.export.backbones.onnx_idioms import decided_ifs, size_free
 from dreamstream.export.backbones.onnx_opset import OpsetError, to_opset
 from dreamstream.export.graph import EXTERNAL_MIN_ELEMENTS, OPSET, tensor_info
 from dreamstream.export.sizes import STEP_WINDOW
@@ -213,7 +213,7 @@ def _read_model(path: Path) -> onnx.ModelProto:
     except Exception as error:  # onnx raises DecodeError and others for a bad file
         raise OnnxBackboneError(f"{path} is not a readable ONNX model: {error}") from error
     try:
-        return size_free(to_opset(model, path.name))
+        return size_free(decided_ifs(to_opset(model, path.name)))
     except OpsetError as error:
         raise OnnxBackboneError(str(error)) from error
 
@@ -278,15 +278,24 @@ def _namespaced(graph: onnx.GraphProto) -> onnx.GraphProto:
     `image`, a tensor called `grad`) can clash with the names of the graphs the export writes."""
     copy = onnx.GraphProto()
     copy.CopyFrom(graph)
-    for node in copy.node:
+    _prefix_names(copy)
+    return copy
+
+
+def _prefix_names(graph: onnx.GraphProto) -> None:
+    """Prefix every tensor name of `graph` in place, and of the graphs inside its nodes (an If's
+    branches read the outer graph's tensors by name)."""
+    for node in graph.node:
         for names in (node.input, node.output):
             for index, name in enumerate(names):
                 if name:
                     names[index] = _NAMESPACE + name
-    for values in (copy.initializer, copy.input, copy.output, copy.value_info):
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                _prefix_names(subgraph)
+    for values in (graph.initializer, graph.input, graph.output, graph.value_info):
         for value in values:
             value.name = _NAMESPACE + value.name
-    return copy
 
 
 def declared_size(graph: onnx.GraphProto) -> int | None:

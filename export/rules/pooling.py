@@ -74,12 +74,11 @@ def average_pool(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[
     x = node.input[0]
     kernel = list(attr(node, "kernel_shape"))
     window = _Window.of(node, len(kernel))
-    if len(kernel) != 2 or window.auto_pad != "NOTSET" or window.ceil_mode or window.dilations != [1, 1]:
+    channels = ctx.shapes.dim(x, 1)
+    general = window.auto_pad != "NOTSET" or window.ceil_mode or window.dilations != [1, 1]
+    if len(kernel) != 2 or general or channels is None:
         return {0: _general_average_pool_grad(ctx, node, dy[0], window)}
     strides, pads = window.strides, window.pads
-    channels = ctx.shapes.dim(x, 1)
-    if channels is None:
-        raise UnsupportedOperator(node, "the channel count must be known statically")
     g = ctx.builder
     area = float(kernel[0] * kernel[1])
     if attr(node, "count_include_pad", 0) or not any(pads):
@@ -158,9 +157,6 @@ def _general_average_pool_grad(ctx: RuleContext, node: onnx.NodeProto, dy: str, 
     x = node.input[0]
     g = ctx.builder
     spatial = len(window.kernel)
-    channels = ctx.shapes.dim(x, 1)
-    if channels is None:
-        raise UnsupportedOperator(node, "the channel count must be known statically")
     if window.dilations != [1] * spatial:  # opset 17's AveragePool has no dilations (see onnx_opset)
         raise UnsupportedOperator(node, "AveragePool with dilations is not supported")
     ones = g.op("ConstantOfShape", ctx.shape_of(x), value=helper.make_tensor("v", 1, [1], [1.0]))
@@ -180,9 +176,26 @@ def _general_average_pool_grad(ctx: RuleContext, node: onnx.NodeProto, dy: str, 
     real = g.op("Mul", g.op("AveragePool", padded_ones, **window_attrs), g.const(area), hint="avgpool_real")
     inverse_count = g.op("Div", pooled_ones, g.op("Max", real, g.const(1.0)), hint="avgpool_inverse_count")
     scaled = g.op("Mul", dy, inverse_count, hint="avgpool_scale")
-    ones_kernel = g.const(np.ones((channels, 1, *window.kernel), np.float32))
-    full = g.op("ConvTranspose", scaled, ones_kernel, hint="avgpool_grad", group=channels, **window_attrs)
+    full = _windows_sum_adjoint(ctx, scaled, x, window_attrs)
     return _cut_to_input(ctx, full, x, begin, spatial)
+
+
+def _windows_sum_adjoint(ctx: RuleContext, scaled: str, x: str, window_attrs: dict) -> str:
+    """The adjoint of summing each channel's windows: a transposed convolution with a kernel of
+    ones, channel by channel. With the channel count known only at run time (torch's TorchScript
+    LocalResponseNorm pools a view whose shape is computed), each channel is a map of its own."""
+    g = ctx.builder
+    kernel = window_attrs["kernel_shape"]
+    channels = ctx.shapes.dim(x, 1)
+    if channels is not None:
+        ones_kernel = g.const(np.ones((channels, 1, *kernel), np.float32))
+        return g.op("ConvTranspose", scaled, ones_kernel, hint="avgpool_grad", group=channels, **window_attrs)
+    maps = g.op("Concat", g.ints([-1, 1]), g.op("Shape", scaled, start=2), axis=0)
+    one_channel = g.op("Reshape", scaled, maps, hint="avgpool_channel_maps")
+    ones_kernel = g.const(np.ones((1, 1, *kernel), np.float32))
+    full = g.op("ConvTranspose", one_channel, ones_kernel, hint="avgpool_grad", **window_attrs)
+    shape = g.op("Concat", g.op("Shape", scaled, start=0, end=2), g.op("Shape", full, start=2), axis=0)
+    return g.op("Reshape", full, shape, hint="avgpool_grad_channels")
 
 
 def _cut_to_input(ctx: RuleContext, full: str, x: str, begin: str, spatial: int) -> str:
