@@ -34,7 +34,7 @@ from dreamstream.server.options import (
     connection_policy,
     start_telemetry,
 )
-from dreamstream.server.providers import DEVICE_CHOICES, DeviceError
+from dreamstream.server.providers import DEVICE_CHOICES, THREADS_PER_DREAM, DeviceError, available_cpus, cpu_defaults
 from dreamstream.server.security import SecurityError, TlsFiles, TokenSet
 from dreamstream.wire import DEFAULT_PORT
 
@@ -80,8 +80,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-concurrent",
         type=positive_int,
-        default=1,
-        help="dreams that run at once (default 1)",
+        default=None,
+        help=f"dreams that run at once (default: one per {THREADS_PER_DREAM} CPUs available, at least 1)",
     )
     parser.add_argument(
         "--max-queue",
@@ -93,7 +93,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=non_negative_int,
         default=0,
-        help="threads per graph operator (default 0: one per physical core; set it to the container's CPU limit)",
+        help="threads per dream's graph operators (default 0: the CPUs available, from the affinity mask and "
+        "the cgroup CPU quota, shared out among --max-concurrent dreams)",
     )
     _add_security_flags(parser)
     _add_limit_flags(parser)
@@ -223,7 +224,10 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
 
 def _server(args: argparse.Namespace) -> DreamServer:
     memory = _memory(args)
-    models = ModelRepository(args.models, args.device, args.threads, session_budget=memory.sessions)
+    cpus = available_cpus()
+    max_concurrent, threads = cpu_defaults(cpus, args.max_concurrent, args.threads)
+    log.info("CPUs: %d available; %d dream(s) at once, %d thread(s) each", cpus, max_concurrent, threads)
+    models = ModelRepository(args.models, args.device, threads, session_budget=memory.sessions)
     try:
         tls = _tls(args)
         if tls is not None:
@@ -233,7 +237,7 @@ def _server(args: argparse.Namespace) -> DreamServer:
         raise CommandError(str(error)) from None
     return DreamServer(
         models,
-        max_concurrent=args.max_concurrent,
+        max_concurrent=max_concurrent,
         max_queue=args.max_queue,
         engine=DreamEngine(models, limits=_limits(args, memory)),
         tls=tls,

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 
 from dreamstream.modeldir import read_manifest
-from dreamstream.server.providers import CUDA, Device, DeviceError, choose_device, confirm_device, open_session
+from dreamstream.server.providers import (
+    CUDA,
+    THREADS_PER_DREAM,
+    Device,
+    DeviceError,
+    available_cpus,
+    choose_device,
+    confirm_device,
+    cpu_defaults,
+    open_session,
+)
 
 needs_no_cuda = pytest.mark.skipif(
     CUDA in ort.get_available_providers(), reason="this onnxruntime has CUDA: the CPU-only behaviour is not observable"
@@ -57,3 +70,29 @@ def test_sessions_use_the_thread_count_asked_for(lite0_dir: Path) -> None:
 def test_a_negative_thread_count_is_refused() -> None:
     with pytest.raises(DeviceError, match="-2 threads"):
         choose_device("cpu", threads=-2)
+
+
+def test_the_cpu_defaults_share_the_cpus_out_among_the_dreams() -> None:
+    assert cpu_defaults(1) == (1, 1)
+    assert cpu_defaults(2) == (1, 2)  # a 2-core replica: one dream on both cores
+    assert cpu_defaults(8) == (8 // THREADS_PER_DREAM, THREADS_PER_DREAM)
+    assert cpu_defaults(8, max_concurrent=4) == (4, 2)
+    assert cpu_defaults(8, threads=3) == (8 // THREADS_PER_DREAM, 3)
+    assert cpu_defaults(3, max_concurrent=4) == (4, 1)  # never 0 threads
+
+
+def test_the_available_cpus_follow_the_affinity_mask() -> None:
+    # A real process pinned to one CPU (what `taskset -c 0` or a cpuset does) sees one.
+    script = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+    script += "from dreamstream.server.providers import available_cpus; print(available_cpus())"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "1"
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_sessions_draw_from_the_one_shared_cpu_arena(lite0_dir: Path) -> None:
+    layers = read_manifest(lite0_dir).layers
+    for layer in (layers[0], layers[-1]):
+        options = open_session(lite0_dir / layer.step_graph, Device("cpu", "cpu")).get_session_options()
+        assert options.enable_cpu_mem_arena
+        assert options.get_session_config_entry("session.use_env_allocators") == "1"
