@@ -36,6 +36,7 @@ from dreamstream.server import imaging
 from dreamstream.server.engine import DreamEngine, DreamSpec, Octave
 from dreamstream.server.engine.request import DEFAULT_OCTAVES, DEFAULT_STEPS_PER_OCTAVE
 from dreamstream.server.models import DEFAULT_MODEL, ModelRepository
+from dreamstream.server.providers import available_cpus, gpu_expected, serving_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = REPO.parent / "shared" / "images" / "coffee.png"
@@ -72,7 +73,9 @@ class InProcess:
     """The reference: the engine in this process, no gRPC."""
 
     def __init__(self, root: Path, device: str, picture: bytes, size: int) -> None:
-        repository = ModelRepository(root, device)
+        # The threads a dream gets from `dreamstream serve`'s defaults, as the served side does.
+        _, threads = serving_defaults(available_cpus(), gpu_expected(device))
+        repository = ModelRepository(root, device, threads)
         repository.load()
         self.device = repository.device.describe
         self._engine = DreamEngine(repository)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -19,13 +18,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import serving
+from benchmarks.provenance import machine, revision
 from benchmarks.worker import SIDES, Spec
 from dreamstream.export.weights import sha256_of
 from dreamstream.modeldir import MANIFEST_FILE, read_manifest
@@ -323,40 +322,6 @@ def serving_figures(subject: Subject, config: Config, scratch: Path, say: Progre
 
 
 # ------------------------------------------------------------------- suite
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": metadata.version("torch"),
-        "onnxruntime": metadata.version("onnxruntime"),
-        "numpy": np.__version__,
-    }
-
-
-def revision() -> str:
-    """The commit measured, and whether the engine or the export tool had uncommitted changes."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--", "server", "export"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{commit} with uncommitted changes in server/ or export/" if changed else commit
 
 
 def run_suite(config: Config, models: Path | None, command: str, say: Progress) -> dict[str, Any]:

@@ -34,7 +34,14 @@ from dreamstream.server.options import (
     connection_policy,
     start_telemetry,
 )
-from dreamstream.server.providers import DEVICE_CHOICES, THREADS_PER_DREAM, DeviceError, available_cpus, cpu_defaults
+from dreamstream.server.providers import (
+    DEVICE_CHOICES,
+    THREADS_PER_DREAM,
+    DeviceError,
+    available_cpus,
+    gpu_expected,
+    serving_defaults,
+)
 from dreamstream.server.security import SecurityError, TlsFiles, TokenSet
 from dreamstream.wire import DEFAULT_PORT
 
@@ -81,7 +88,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         "--max-concurrent",
         type=positive_int,
         default=None,
-        help=f"dreams that run at once (default: one per {THREADS_PER_DREAM} CPUs available, at least 1)",
+        help=f"dreams that run at once (default: on the CPU one per {THREADS_PER_DREAM} CPU(s) available, on a GPU 1)",
     )
     parser.add_argument(
         "--max-queue",
@@ -225,7 +232,7 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
 def _server(args: argparse.Namespace) -> DreamServer:
     memory = _memory(args)
     cpus = available_cpus()
-    max_concurrent, threads = cpu_defaults(cpus, args.max_concurrent, args.threads)
+    max_concurrent, threads = serving_defaults(cpus, gpu_expected(args.device), args.max_concurrent, args.threads)
     log.info("CPUs: %d available; %d dream(s) at once, %d thread(s) each", cpus, max_concurrent, threads)
     models = ModelRepository(args.models, args.device, threads, session_budget=memory.sessions)
     try:

@@ -41,8 +41,8 @@ _ARENA_EXTEND_STRATEGY = 0  # kNextPowerOfTwo; 1 is kSameAsRequested
 _SHRINK_ARENA = "memory.enable_memory_arena_shrinkage"
 
 
-# Threads one dream's graphs use on the CPU, when the CPUs allow: see `cpu_defaults`.
-THREADS_PER_DREAM = 4
+# Threads one dream's graphs use on the CPU by default: see `serving_defaults`.
+THREADS_PER_DREAM = 1
 
 
 def available_cpus() -> int:
@@ -61,16 +61,26 @@ def available_cpus() -> int:
     return cpus
 
 
-def cpu_defaults(cpus: int, max_concurrent: int | None = None, threads: int = 0) -> tuple[int, int]:
+def serving_defaults(cpus: int, on_gpu: bool, max_concurrent: int | None = None, threads: int = 0) -> tuple[int, int]:
     """(dreams at once, threads per dream) for `cpus` CPUs, each left as given when given.
 
-    Dreams at once: one per THREADS_PER_DREAM CPUs, at least one; threads: the CPUs shared
-    out among them. Measured (README, "Serving under concurrency"): on 2 CPUs one dream on
-    both beats two on one each in time to the first frame and loses little throughput;
-    the scaling rule takes that to 8 CPUs as 2 dreams of 4 threads.
+    On the CPU: a dream per THREADS_PER_DREAM CPUs and the CPUs shared out among them.
+    Measured by `python -m benchmarks.concurrency` (README, "Serving under concurrency"):
+    on 2 cores a dream on one thread ran as fast as on two or faster (its threads wait for
+    each other at every operator, longer on a busy machine), and two dreams at once kept
+    the throughput while the second stream's first frame came without waiting for the
+    first dream; so one thread a dream and a dream per CPU, 2 x 1 on 2 cores, 8 x 1 on 8.
+    On a GPU one dream at a time (the device runs one graph at a time anyway), its host
+    work on every CPU.
     """
-    concurrent = max_concurrent or max(1, cpus // THREADS_PER_DREAM)
+    concurrent = max_concurrent or (1 if on_gpu else max(1, cpus // THREADS_PER_DREAM))
     return concurrent, threads or max(1, cpus // concurrent)
+
+
+def gpu_expected(requested: str) -> bool:
+    """Whether `requested` (auto, cuda or cpu) will run on CUDA if it loads: for the defaults
+    that are chosen before any session proves the device."""
+    return requested != "cpu" and CUDA in ort.get_available_providers()
 
 
 class DeviceError(RuntimeError):

@@ -19,8 +19,8 @@ from dreamstream.server.providers import (
     available_cpus,
     choose_device,
     confirm_device,
-    cpu_defaults,
     open_session,
+    serving_defaults,
 )
 
 needs_no_cuda = pytest.mark.skipif(
@@ -72,13 +72,15 @@ def test_a_negative_thread_count_is_refused() -> None:
         choose_device("cpu", threads=-2)
 
 
-def test_the_cpu_defaults_share_the_cpus_out_among_the_dreams() -> None:
-    assert cpu_defaults(1) == (1, 1)
-    assert cpu_defaults(2) == (1, 2)  # a 2-core replica: one dream on both cores
-    assert cpu_defaults(8) == (8 // THREADS_PER_DREAM, THREADS_PER_DREAM)
-    assert cpu_defaults(8, max_concurrent=4) == (4, 2)
-    assert cpu_defaults(8, threads=3) == (8 // THREADS_PER_DREAM, 3)
-    assert cpu_defaults(3, max_concurrent=4) == (4, 1)  # never 0 threads
+def test_the_serving_defaults_run_a_one_thread_dream_per_cpu() -> None:
+    assert THREADS_PER_DREAM == 1  # measured: README, "Serving under concurrency"
+    assert serving_defaults(1, on_gpu=False) == (1, 1)
+    assert serving_defaults(2, on_gpu=False) == (2, 1)  # a 2-core replica
+    assert serving_defaults(8, on_gpu=False) == (8, 1)  # an 8-core one
+    assert serving_defaults(8, on_gpu=False, max_concurrent=4) == (4, 2)  # the CPUs shared out
+    assert serving_defaults(8, on_gpu=False, max_concurrent=2, threads=3) == (2, 3)  # as given
+    assert serving_defaults(3, on_gpu=False, max_concurrent=4) == (4, 1)  # never 0 threads
+    assert serving_defaults(8, on_gpu=True) == (1, 8)  # one dream at a time on the device
 
 
 def test_the_available_cpus_follow_the_affinity_mask() -> None:
