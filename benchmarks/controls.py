@@ -18,6 +18,7 @@ Needs the dev extra (pip install -e '.[dev]') and ../shared beside the checkout.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.provenance import stamp, write_results
 from dreamstream.cmdline import positive_int
 from dreamstream.export.api import export_model
 from dreamstream.modeldir import CHANNEL_MEANS, CHANNEL_WEIGHTS, IMAGE, LAYER_WEIGHTS
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=3, help="seed of every dream (default 3)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder of controls.md")
     args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    provenance = stamp("python -m benchmarks.controls" + ("" if not argv else " " + shlex.join(argv)))
     for needed in (args.photo, args.guide, WEIGHTS):
         if not needed.exists():
             print(f"{needed} is absent: the shared data folder must sit beside the checkout", file=sys.stderr)
@@ -158,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         *(f"| {name} | {result} | {seconds:.2f} s | {seconds / plain_time:.2f} |" for name, result, seconds in rows),
     ]
     (args.out / "controls.md").write_text("\n".join(table) + "\n")
-    print(f"wrote {args.out / 'controls.md'}")
+    figures = {
+        "dream": f"googlenet-bvlc at `{LAYER}`, {args.photo.name} at {args.size} px, {args.octaves} octaves x "
+        f"{args.steps} steps, seed {args.seed}",
+        "rows": [{"control": name, "result": result, "seconds": seconds} for name, result, seconds in rows],
+    }
+    print(f"wrote {args.out / 'controls.md'}, {write_results('controls', provenance, figures, args.out)}")
     return 0
 
 

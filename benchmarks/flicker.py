@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shlex
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.clips import camera_frames
+from benchmarks.provenance import stamp, write_results
 from benchmarks.serving import models_dir
 from dreamstream.server.engine import DreamEngine, DreamSpec
 from dreamstream.server.engine.motion import dense_flow, inside, warp
@@ -131,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", type=Path, help="a models directory holding the default model")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    provenance = stamp("python -m benchmarks.flicker" + ("" if not argv else " " + shlex.join(argv)))
 
     size = (args.size, round(args.size * 3 / 4))
     pictures = camera_frames(args.image, args.frames, size)
@@ -168,11 +172,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
         f"![frames {STRIP_FRAMES} in a row, one row per line of the table](flicker.jpg)",
         "",
-        "Rerun: `python -m benchmarks.flicker " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
+        "Rerun: `python -m benchmarks.flicker " + " ".join(argv) + "`",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "flicker.md").write_text("\n".join(lines) + "\n")
     strip([(name, outputs) for name, outputs, _, _ in results], args.out / "flicker.jpg")
+    figures = {
+        "clip": f"{args.frames} frames of {args.image.name} at {size[0]}x{size[1]}, {settings}",
+        "rows": [{"frames": name, "flicker": figure, "seconds": seconds} for name, _, figure, seconds in results],
+    }
+    write_results("flicker", provenance, figures, args.out)
     print("\n".join(lines))
 
 

@@ -23,6 +23,7 @@ from benchmarks.provenance import RESULTS, stamp, write_results
 from benchmarks.serving import CLI
 from benchmarks.suite import BVLC_WEIGHTS, GOOGLENET, LITE0
 from dreamstream.client import DreamClient
+from dreamstream.cmdline import positive_int
 from dreamstream.server.engine.limits import step_memory
 
 DEEPEST = {LITE0: "head", GOOGLENET: "inception_5b/output"}
@@ -53,14 +54,20 @@ def measure(root: Path, sizes: tuple[int, ...], say=print) -> list[dict[str, Any
     return rows
 
 
+def _sides(text: str) -> tuple[int, ...]:
+    return tuple(positive_int(part) for part in text.split(","))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m benchmarks.step_memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, help="a models directory with both models (default: export them)")
-    parser.add_argument("--sizes", default="512,1024", help="square sides, comma separated (default 512,1024)")
+    parser.add_argument(
+        "--sizes", type=_sides, default=(512, 1024), help="square sides, comma separated (default 512,1024)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of step_memory.json")
     args = parser.parse_args(argv)
-    sizes = tuple(int(part) for part in args.sizes.split(","))
+    sizes = args.sizes
     provenance = stamp("python -m benchmarks.step_memory" + ("" if not argv else " " + shlex.join(argv)))
     with tempfile.TemporaryDirectory(prefix="dreamstream-step-memory-") as scratch:
         root = args.models or Path(scratch)

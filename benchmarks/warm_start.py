@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.provenance import RESULTS, stamp, write_results
 from benchmarks.serving import DEFAULT_IMAGE, models_dir
 
 SIDES = ("without", "with")
@@ -70,7 +72,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="longer side of the picture (default 256)")
     parser.add_argument("--repeats", type=int, default=4, help="fresh processes per side (default 4)")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of warm_start.json (benchmarks/results)")
     args = parser.parse_args()
+    provenance = stamp(shlex.join(["python", "-m", "benchmarks.warm_start", *sys.argv[1:]]))
 
     runs: dict[str, list[list[tuple[float, float]]]] = {side: [] for side in SIDES}
     with models_dir(args.models) as root:
@@ -81,9 +85,13 @@ def main() -> None:
     print(f"{args.image.name} at {args.size} px, {dream}, median of {args.repeats} fresh processes per side")
     print("| warm start | first dream wall | first dream CPU | second dream wall | second dream CPU |")
     print("| --- | ---: | ---: | ---: | ---: |")
+    medians = {}
     for side in SIDES:
         cells = [statistics.median(run[dream][kind] for run in runs[side]) for dream in (0, 1) for kind in (0, 1)]
+        medians[side] = cells
         print(f"| {side} | " + " | ".join(f"{seconds:.3f} s" for seconds in cells) + " |")
+    figures = {"image": args.image.name, "size": args.size, "dream": dream, "repeats": args.repeats, "medians": medians}
+    print(f"wrote {write_results('warm_start', provenance, figures, args.out)}")
     print("rerun: python -m benchmarks.warm_start " + " ".join(sys.argv[1:]))
 
 

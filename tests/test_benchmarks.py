@@ -79,13 +79,18 @@ def test_benchmarks_help_documents_every_option():
         assert option in done.stdout
 
 
-def test_the_warm_start_benchmark_measures_both_sides_in_fresh_processes(lite0_dir: Path):
+def test_the_warm_start_benchmark_measures_both_sides_in_fresh_processes(lite0_dir: Path, tmp_path: Path):
     sample = REPO / "samples" / "coffee.jpg"
     options = {"--models": lite0_dir.parent, "--image": sample, "--size": 64, "--repeats": 1, "--device": "cpu"}
+    options["--out"] = tmp_path  # not the committed benchmarks/results
     done = run_module("benchmarks.warm_start", *(str(part) for item in options.items() for part in item))
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith(("| without |", "| with |"))]
     assert len(rows) == 2 and all(line.count(" s ") == 4 for line in rows), done.stdout
+    written = json.loads((tmp_path / "warm_start.json").read_text())
+    assert set(written["provenance"]) >= {"commit", "date", "machine", "command"}
+    assert written["provenance"]["command"].startswith("python -m benchmarks.warm_start --models")
+    assert sorted(written["figures"]["medians"]) == ["with", "without"]
 
 
 def test_the_http_gateway_benchmark_dreams_through_both_ports_taking_turns(lite0_dir: Path):
