@@ -53,7 +53,9 @@ def served(folder: Path) -> list[str]:
         f"| {f['ours_median_seconds']:.2f} s | {first:.2f} s | {f['torch_median_seconds']:.2f} s | "
         f"**{f['ratio']:.2f}** | {f['server_peak_mib']:.0f} MiB |",
         "",
-        f"Median of {f['repeats']} dreams a side, {f['threads']} threads each; bar: ratio at most "
+        f"Median of {f['repeats']} dreams a side, {f['threads']} threads each; the ratio per repeat "
+        f"{', '.join(f'{ratio:.2f}' for ratio in f['ratio_per_repeat'])} (on a shared machine a neighbour's load "
+        "slows either side, torch's threads most); bar: ratio at most "
         f"{f['bar']['ratio']}, peak at most {f['bar']['peak_mib']} MiB ({'met' if f['passed'] else 'not met'}). "
         + measured_by(data["provenance"]),
     ]
