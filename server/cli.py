@@ -88,7 +88,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         "--max-concurrent",
         type=positive_int,
         default=None,
-        help=f"dreams that run at once (default: on the CPU one per {THREADS_PER_DREAM} CPU(s) available, on a GPU 1)",
+        help=f"dreams that run at once (default: on the CPU the CPUs available over --threads, or over "
+        f"{THREADS_PER_DREAM} without it; on a GPU 1)",
     )
     parser.add_argument(
         "--max-queue",

@@ -64,7 +64,8 @@ def available_cpus() -> int:
 def serving_defaults(cpus: int, on_gpu: bool, max_concurrent: int | None = None, threads: int = 0) -> tuple[int, int]:
     """(dreams at once, threads per dream) for `cpus` CPUs, each left as given when given.
 
-    On the CPU: a dream per THREADS_PER_DREAM CPUs and the CPUs shared out among them.
+    On the CPU: a dream per THREADS_PER_DREAM CPUs (per `threads` CPUs when given) and the
+    CPUs shared out among them.
     Measured by `python -m benchmarks.concurrency` (README, "Serving under concurrency"):
     on 2 cores a dream on one thread ran as fast as on two or faster (its threads wait for
     each other at every operator, longer on a busy machine), and two dreams at once kept
@@ -73,7 +74,8 @@ def serving_defaults(cpus: int, on_gpu: bool, max_concurrent: int | None = None,
     On a GPU one dream at a time (the device runs one graph at a time anyway), its host
     work on every CPU.
     """
-    concurrent = max_concurrent or (1 if on_gpu else max(1, cpus // THREADS_PER_DREAM))
+    # Threads given and dreams not: as many dreams as those threads fit in the CPUs.
+    concurrent = max_concurrent or (1 if on_gpu else max(1, cpus // (threads or THREADS_PER_DREAM)))
     return concurrent, threads or max(1, cpus // concurrent)
 
 

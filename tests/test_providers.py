@@ -79,6 +79,7 @@ def test_the_serving_defaults_run_a_one_thread_dream_per_cpu() -> None:
     assert serving_defaults(8, on_gpu=False) == (8, 1)  # an 8-core one
     assert serving_defaults(8, on_gpu=False, max_concurrent=4) == (4, 2)  # the CPUs shared out
     assert serving_defaults(8, on_gpu=False, max_concurrent=2, threads=3) == (2, 3)  # as given
+    assert serving_defaults(4, on_gpu=False, threads=4) == (1, 4)  # the threads given fill the CPUs
     assert serving_defaults(3, on_gpu=False, max_concurrent=4) == (4, 1)  # never 0 threads
     assert serving_defaults(8, on_gpu=True) == (1, 8)  # one dream at a time on the device
 
