@@ -67,10 +67,10 @@ def serving_defaults(cpus: int, on_gpu: bool, max_concurrent: int | None = None,
     On the CPU: a dream per THREADS_PER_DREAM CPUs (per `threads` CPUs when given) and the
     CPUs shared out among them.
     Measured by `python -m benchmarks.concurrency` (README, "Serving under concurrency"):
-    on 2 cores a dream on one thread ran as fast as on two or faster (its threads wait for
-    each other at every operator, longer on a busy machine), and two dreams at once kept
-    the throughput while the second stream's first frame came without waiting for the
-    first dream; so one thread a dream and a dream per CPU, 2 x 1 on 2 cores, 8 x 1 on 8.
+    on 2 cores a lone stream is served fastest by one dream on both threads, but from two
+    streams on, two one-thread dreams at once give more dreams a second and the waiting
+    streams their first frame far sooner; so one thread a dream and a dream per CPU, 2 x 1
+    on 2 cores, 8 x 1 on 8.
     On a GPU one dream at a time (the device runs one graph at a time anyway), its host
     work on every CPU.
     """
