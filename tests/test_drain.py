@@ -12,9 +12,11 @@ from serve_process import ServeProcess
 
 from dreamstream.client import DreamClient, Frame, ServerUnavailable, Started
 
-# Long enough on any machine to be running when the signal arrives: the test waits
-# for its first step before signalling, and the dream's end is awaited, not timed.
-LONG = {"width": 192, "height": 192, "octaves": 2, "steps_per_octave": 40}
+# Long enough on any machine to be still running while the test signals and probes the
+# drain (the test waits for its first step before signalling; its end is awaited, not
+# timed). 2 x 40 steps took 1.2 s on an idle 2-core machine once the CPU arena came back:
+# the drain then finished before the probe and the probe met a server on its way out.
+LONG = {"width": 192, "height": 192, "octaves": 2, "steps_per_octave": 400}
 
 
 class Dreamer(threading.Thread):
