@@ -1,6 +1,7 @@
 """Serving under concurrency on the CPU: dreams per second and time to the first frame.
 
-For each server configuration (`--max-concurrent` M, `--threads` T) a real
+For each server configuration (`--max-concurrent` M, `--threads` T; T 0 is the
+server's default, the CPUs shared out among the dreams running) a real
 `dreamstream serve` process serves the default model, and 1, 2 and 4 client
 streams each dream the same picture `--dreams` times back to back. Printed per
 configuration and stream count: dreams per second over the whole burst, and
@@ -8,7 +9,7 @@ the median time from the call to the first frame (the wait for a slot
 included). The configurations take turns round by round, so a neighbour's load
 on a shared machine biases none of them.
 
-    python -m benchmarks.concurrency [--configs 1x2,2x1,2x2] [--streams 1,2,4] [--size 384] [--rounds 1]
+    python -m benchmarks.concurrency [--configs 2x0,1x2,2x1,2x2] [--streams 1,2,4] [--size 384] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def _configs(text: str) -> tuple[tuple[int, int], ...]:
     try:
         pairs = tuple(tuple(int(part) for part in item.split("x")) for item in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give MAXCONCURRENTxTHREADS pairs, e.g. 1x2,2x1") from None
-    if any(len(pair) != 2 or min(pair) < 1 for pair in pairs):
-        raise argparse.ArgumentTypeError(f"{text!r}: each pair is two positive numbers, e.g. 2x1")
+        raise argparse.ArgumentTypeError(f"{text!r}: give MAXCONCURRENTxTHREADS pairs, e.g. 2x0,1x2,2x1") from None
+    if any(len(pair) != 2 or pair[0] < 1 or pair[1] < 0 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: each pair is a positive number and a number of threads, e.g. 2x1")
     return pairs  # type: ignore[return-value]
 
 
@@ -143,14 +144,17 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         for n in counts:
             row = cell[(concurrent, threads, n)]
             cells.append(f"{row['dreams_per_second']:.2f} | {row['first_frame_median_seconds']:.2f} s")
-        lines.append(f"| {concurrent} | {threads} | " + " | ".join(cells) + " |")
+        shown = threads or "0 (shared out)"
+        lines.append(f"| {concurrent} | {shown} | " + " | ".join(cells) + " |")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m benchmarks.concurrency", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", type=_configs, default=((1, 2), (2, 1), (2, 2)), help="MxT pairs (1x2,2x1,2x2)")
+    parser.add_argument(
+        "--configs", type=_configs, default=((2, 0), (1, 2), (2, 1), (2, 2)), help="MxT pairs (2x0,1x2,2x1,2x2)"
+    )
     parser.add_argument("--streams", type=_counts, default=(1, 2, 4), help="concurrent streams (default 1,2,4)")
     parser.add_argument("--dreams", type=positive_int, default=2, help="dreams per stream in a row (default 2)")
     parser.add_argument("--size", type=positive_int, default=384, help="the picture's longer side (default 384)")

@@ -36,7 +36,7 @@ from dreamstream.server.options import (
 )
 from dreamstream.server.providers import (
     DEVICE_CHOICES,
-    THREADS_PER_DREAM,
+    CpuShare,
     DeviceError,
     available_cpus,
     gpu_expected,
@@ -88,8 +88,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         "--max-concurrent",
         type=positive_int,
         default=None,
-        help=f"dreams that run at once (default: on the CPU the CPUs available over --threads, or over "
-        f"{THREADS_PER_DREAM} without it; on a GPU 1)",
+        help="dreams that run at once (default: on the CPU the CPUs available over --threads, or one per CPU "
+        "without it; on a GPU 1)",
     )
     parser.add_argument(
         "--max-queue",
@@ -102,7 +102,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         type=non_negative_int,
         default=0,
         help="threads per dream's graph operators (default 0: the CPUs available, from the affinity mask and "
-        "the cgroup CPU quota, shared out among --max-concurrent dreams)",
+        "the cgroup CPU quota, shared out at each octave among the dreams running then: a lone dream on all)",
     )
     _add_security_flags(parser)
     _add_limit_flags(parser)
@@ -234,8 +234,9 @@ def _server(args: argparse.Namespace) -> DreamServer:
     memory = _memory(args)
     cpus = available_cpus()
     max_concurrent, threads = serving_defaults(cpus, gpu_expected(args.device), args.max_concurrent, args.threads)
-    log.info("CPUs: %d available; %d dream(s) at once, %d thread(s) each", cpus, max_concurrent, threads)
-    models = ModelRepository(args.models, args.device, threads, session_budget=memory.sessions)
+    each = f"{threads} thread(s) each" if threads else f"the {cpus} CPUs shared out among the dreams running"
+    log.info("CPUs: %d available; %d dream(s) at once, %s", cpus, max_concurrent, each)
+    models = ModelRepository(args.models, args.device, CpuShare(cpus, threads), session_budget=memory.sessions)
     try:
         tls = _tls(args)
         if tls is not None:

@@ -2,7 +2,8 @@
 
 Each model directory (see `dreamstream.modeldir`) holds dozens of graphs,
 one gradient graph and one step graph per layer, so sessions are opened on first
-use and then kept: a session is created once per graph and shared by every
+use and then kept: a session is created once per graph and thread count (on the CPU a
+dream's octave takes its share of the CPUs, see providers.CpuShare) and shared by every
 request (ONNX Runtime sessions are safe to run from several threads).
 
 A model folder is trusted no further than it proves (see `model_files`: every file
@@ -14,13 +15,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import onnxruntime as ort
 
 from dreamstream.modeldir import MANIFEST_FILE, Layer, Manifest, ManifestError, read_manifest
 from dreamstream.server.model_files import ModelFileError, check_model_files
-from dreamstream.server.providers import Device, DeviceError, choose_device, confirm_device, open_session
+from dreamstream.server.providers import (
+    CpuShare,
+    Device,
+    DeviceError,
+    available_cpus,
+    choose_device,
+    confirm_device,
+    open_session,
+)
 from dreamstream.server.refusals import ModelUnavailable, UnknownModel
 from dreamstream.server.sessions import SessionCache
 
@@ -44,10 +54,12 @@ class Model:
         device: Device,
         sessions: SessionCache | None = None,
         graph_weights: Mapping[str, int] | None = None,
+        cpu: CpuShare | None = None,
     ) -> None:
         self.directory = directory
         self.manifest = manifest
         self.device = device
+        self.cpu = cpu if cpu is not None else CpuShare(available_cpus(), device.threads)
         self._sessions = sessions if sessions is not None else SessionCache()
         self._graph_weights = dict(graph_weights or {})  # graph -> bytes of weights it reads
 
@@ -56,15 +68,19 @@ class Model:
         return self.manifest.name
 
     def session(self, graph: str) -> ort.InferenceSession:
-        """The session of `graph` (a path relative to the model directory), opened when not open."""
+        """The session of `graph` (a path relative to the model directory) on the threads an
+        octave starting now takes (see CpuShare), opened when not open."""
         path = self.directory / graph
+        device = self.device
+        if device.kind == "cpu":
+            device = replace(device, threads=self.cpu.threads())
 
         def opened() -> ort.InferenceSession:
-            session = open_session(path, self.device)
-            log.info("%s: opened %s", self.name, graph)
+            session = open_session(path, device)
+            log.info("%s: opened %s on %d thread(s)", self.name, graph, device.threads)
             return session
 
-        return self._sessions.get(path, self._graph_weights.get(graph, 0), opened)
+        return self._sessions.get((path, device.threads), self._graph_weights.get(graph, 0), opened)
 
     @property
     def session_count(self) -> int:
@@ -98,11 +114,14 @@ class ModelRepository:
     its models load.
     """
 
-    def __init__(self, root: Path, device: str = "auto", threads: int = 0, session_budget: int | None = None) -> None:
+    def __init__(
+        self, root: Path, device: str = "auto", threads: int | CpuShare = 0, session_budget: int | None = None
+    ) -> None:
+        """`threads`: per dream, or 0 for the CPUs shared out among the dreams running (or that CpuShare)."""
         self.root = Path(root)
         self.sessions = SessionCache(session_budget)  # shared by every model: one bound for the server
         self.requested_device = device
-        self.threads = threads
+        self.cpu = threads if isinstance(threads, CpuShare) else CpuShare(available_cpus(), threads)
         self.device: Device | None = None
         self._models: dict[str, Model] = {}
         self.refused: dict[str, str] = {}  # model folder name -> why it is not served
@@ -120,7 +139,7 @@ class ModelRepository:
         once and proves the device: ONNX Runtime may fall back from CUDA to the CPU silently.
         """
         directories = self._model_directories()
-        device = choose_device(self.requested_device, self.threads)
+        device = choose_device(self.requested_device, self.cpu.fixed)
         models: dict[str, Model] = {}
         for directory in directories:
             try:
@@ -143,7 +162,7 @@ class ModelRepository:
     def _load_model(self, directory: Path, device: Device) -> Model:
         manifest = read_manifest(directory)
         graph_weights = check_model_files(directory, manifest)
-        model = Model(directory, manifest, device, self.sessions, graph_weights)
+        model = Model(directory, manifest, device, self.sessions, graph_weights, self.cpu)
         session = model.session(model.step_graph_for(manifest.default_layers))
         model.device = confirm_device(session, device)
         log.info(

@@ -7,10 +7,12 @@ its libraries, so a device is only trusted once a real session reports it in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,10 +43,6 @@ _ARENA_EXTEND_STRATEGY = 0  # kNextPowerOfTwo; 1 is kSameAsRequested
 _SHRINK_ARENA = "memory.enable_memory_arena_shrinkage"
 
 
-# Threads one dream's graphs use on the CPU by default: see `serving_defaults`.
-THREADS_PER_DREAM = 1
-
-
 def available_cpus() -> int:
     """The CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a
     container's CPU limit; rounded down, as threads beyond a quota are throttled, not run)."""
@@ -61,22 +59,78 @@ def available_cpus() -> int:
     return cpus
 
 
-def serving_defaults(cpus: int, on_gpu: bool, max_concurrent: int | None = None, threads: int = 0) -> tuple[int, int]:
-    """(dreams at once, threads per dream) for `cpus` CPUs, each left as given when given.
+# `--threads 0`, the default: each dream's octaves run on the CPUs shared out among the dreams
+# running when the octave starts (see CpuShare).
+SHARED_THREADS = 0
 
-    On the CPU: a dream per THREADS_PER_DREAM CPUs (per `threads` CPUs when given) and the
-    CPUs shared out among them.
-    Measured by `python -m benchmarks.concurrency` (README, "Serving under concurrency"):
-    on 2 cores a lone stream is served fastest by one dream on both threads, but from two
-    streams on, two one-thread dreams at once give more dreams a second and the waiting
-    streams their first frame far sooner; so one thread a dream and a dream per CPU, 2 x 1
-    on 2 cores, 8 x 1 on 8.
+
+def serving_defaults(cpus: int, on_gpu: bool, max_concurrent: int | None = None, threads: int = 0) -> tuple[int, int]:
+    """(dreams at once, threads per dream) for `cpus` CPUs, each left as given when given;
+    threads SHARED_THREADS (0) when each octave takes its share of the CPUs then (CpuShare).
+
+    On the CPU: a dream per CPU (per `threads` CPUs when given) and, unless `threads` is
+    given, the CPUs shared out among the dreams running: a lone dream on every CPU, two on
+    half each. Measured by `python -m benchmarks.concurrency` (README, "Serving under
+    concurrency"): on 2 cores a lone stream is served fastest by one dream on both threads,
+    but from two streams on, two one-thread dreams at once give more dreams a second and the
+    waiting streams their first frame far sooner than a queue for one two-thread dream; the
+    share gives each case its best. With `max_concurrent` given and not `threads`, the CPUs
+    are shared out the same way.
     On a GPU one dream at a time (the device runs one graph at a time anyway), its host
     work on every CPU.
     """
-    # Threads given and dreams not: as many dreams as those threads fit in the CPUs.
-    concurrent = max_concurrent or (1 if on_gpu else max(1, cpus // (threads or THREADS_PER_DREAM)))
-    return concurrent, threads or max(1, cpus // concurrent)
+    if on_gpu:
+        concurrent = max_concurrent or 1
+        return concurrent, threads or max(1, cpus // concurrent)
+    concurrent = max_concurrent or max(1, cpus // (threads or 1))
+    return concurrent, threads
+
+
+class CpuShare:
+    """The threads the next octave of a dream runs on: `fixed` when given, else the CPUs
+    shared out among the dreams running at that moment.
+
+    ONNX Runtime fixes a session's threads when it opens it, so a graph has a session per
+    thread count it has run with (see models.Model.session); shares are rounded down to a
+    power of two to keep those few (at most 4 on 8 CPUs: 8, 4, 2, 1). A share is taken per
+    octave, not per dream: a dream that began alone gives half its CPUs back at its next
+    octave when a second dream starts, and takes them again when that one ends.
+    """
+
+    def __init__(self, cpus: int, fixed: int = 0) -> None:
+        if cpus < 1 or fixed < 0:
+            raise ValueError(f"{cpus} CPUs, {fixed} fixed threads: need at least 1 CPU and 0 or more threads")
+        self.cpus = cpus
+        self.fixed = fixed
+        self._running = 0
+        self._lock = threading.Lock()
+
+    @property
+    def shared(self) -> bool:
+        return self.fixed == SHARED_THREADS
+
+    @property
+    def running(self) -> int:
+        """Dreams inside `dreaming()` now."""
+        return self._running
+
+    def threads(self) -> int:
+        """Threads for an octave starting now (a caller outside `dreaming()` counts as a dream of its own)."""
+        if not self.shared:
+            return self.fixed
+        share = max(1, self.cpus // max(1, self._running))
+        return 1 << (share.bit_length() - 1)
+
+    @contextlib.contextmanager
+    def dreaming(self) -> Iterator[None]:
+        """Counts the caller among the dreams running, for as long as the block runs."""
+        with self._lock:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
 
 
 def gpu_expected(requested: str) -> bool:

@@ -8,7 +8,8 @@ would hold about 2.4 GB of sessions (their graphs read 580 and 1,050 MiB of weig
 in all). The sessions therefore share a budget: when opening one would pass it, the
 least recently used are closed first. A dream still running on a closed session keeps
 it alive until the dream ends; the next dream on that graph opens it again (a second
-or so).
+or so). A graph run on several thread counts has a session for each (ONNX Runtime fixes
+a session's threads when it opens it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 Session = ort.InferenceSession
+SessionKey = tuple[Path, int]  # the graph's path, and the threads its session runs on
 
 # A session's memory: a base (its own allocations and kernels) and its graph's weights, with
 # the copies ONNX Runtime makes while optimising (measured 1.03-1.55 over both backbones).
@@ -36,43 +38,46 @@ def session_memory(weights_bytes: int) -> int:
 
 
 class SessionCache:
-    """Sessions by graph path, least recently used closed first beyond `budget` bytes (None: no bound).
+    """Sessions by graph path and threads, least recently used closed first beyond `budget` bytes (None: no bound).
 
     A session larger than the whole budget still opens, alone: a dream must be able to run.
     """
 
     def __init__(self, budget: int | None = None) -> None:
         self.budget = budget
-        self._open: OrderedDict[Path, tuple[Session, int]] = OrderedDict()
+        self._open: OrderedDict[SessionKey, tuple[Session, int]] = OrderedDict()
         self._held = 0
         # Opening a session takes a second or more; two requests wanting the same new graph
         # must not open it twice, nor pass the budget together.
         self._lock = threading.Lock()
 
     def get(
-        self, path: Path, weights_bytes: int, open_session: Callable[[], ort.InferenceSession]
+        self, key: SessionKey, weights_bytes: int, open_session: Callable[[], ort.InferenceSession]
     ) -> ort.InferenceSession:
-        """The session of `path`, opened with `open_session()` when it is not open."""
+        """The session of `key`, opened with `open_session()` when it is not open."""
         with self._lock:
-            if path in self._open:
-                self._open.move_to_end(path)
-                return self._open[path][0]
+            if key in self._open:
+                self._open.move_to_end(key)
+                return self._open[key][0]
             need = session_memory(weights_bytes)
             while self._open and self.budget is not None and self._held + need > self.budget:
-                closed, (_, size) = self._open.popitem(last=False)
+                (closed, threads), (_, size) = self._open.popitem(last=False)
                 self._held -= size
                 log.info(
-                    "closed the session of %s (least recently used; sessions hold %d MiB)", closed, self._held >> 20
+                    "closed the session of %s on %d threads (least recently used; sessions hold %d MiB)",
+                    closed,
+                    threads,
+                    self._held >> 20,
                 )
             session = open_session()
-            self._open[path] = (session, need)
+            self._open[key] = (session, need)
             self._held += need
             return session
 
     def count(self, under: Path | None = None) -> int:
         """Sessions open (of graphs under folder `under` only, when given)."""
         with self._lock:
-            return sum(1 for path in self._open if under is None or path.parent == under)
+            return sum(1 for path, _ in self._open if under is None or path.parent == under)
 
     @property
     def held(self) -> int:

@@ -221,3 +221,29 @@ def test_a_picture_above_the_largest_tiled_side_is_refused(engine: DreamEngine) 
 def test_an_unknown_model_is_refused_with_the_known_ones(engine: DreamEngine) -> None:
     with pytest.raises(UnknownModel, match=f"unknown model 'nope': this server has .*{DEFAULT_MODEL}"):
         engine.plan(DreamSpec(model="nope", noise_size=(64, 64)))
+
+
+def test_a_lone_dream_runs_on_every_cpu_and_dreams_at_once_share_them(
+    lite0_dir: Path, coffee: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dreamstream.server.models import ModelRepository
+    from dreamstream.server.providers import CpuShare
+
+    repository = ModelRepository(lite0_dir.parent, device="cpu", threads=CpuShare(2))
+    repository.load()
+    engine = DreamEngine(repository)
+    plan = engine.plan(DreamSpec(pixels=picture(coffee), octaves=2, steps_per_octave=2))
+    model = plan.model
+
+    first = engine.run(plan)
+    next(first)  # the first dream is inside its first octave now, alone: on both CPUs
+    assert repository.cpu.running == 1
+    assert model.session(plan.step_graph).get_session_options().intra_op_num_threads == 2
+    with caplog.at_level("INFO", logger="dreamstream.server.models"):
+        second = list(engine.run(plan))  # a second dream while the first runs: one CPU each
+    assert f"opened {plan.step_graph} on 1 thread(s)" in caplog.text
+    assert octaves_of(second)[-1].final
+    with repository.cpu.dreaming():  # as if a dream were running: the one-thread session
+        assert model.session(plan.step_graph).get_session_options().intra_op_num_threads == 1
+    assert octaves_of(list(first))[-1].final  # the first dream ends too, and leaves the share
+    assert repository.cpu.running == 0

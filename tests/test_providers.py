@@ -13,7 +13,8 @@ import pytest
 from dreamstream.modeldir import read_manifest
 from dreamstream.server.providers import (
     CUDA,
-    THREADS_PER_DREAM,
+    SHARED_THREADS,
+    CpuShare,
     Device,
     DeviceError,
     available_cpus,
@@ -72,16 +73,49 @@ def test_a_negative_thread_count_is_refused() -> None:
         choose_device("cpu", threads=-2)
 
 
-def test_the_serving_defaults_run_a_one_thread_dream_per_cpu() -> None:
-    assert THREADS_PER_DREAM == 1  # measured: README, "Serving under concurrency"
-    assert serving_defaults(1, on_gpu=False) == (1, 1)
-    assert serving_defaults(2, on_gpu=False) == (2, 1)  # a 2-core replica
-    assert serving_defaults(8, on_gpu=False) == (8, 1)  # an 8-core one
-    assert serving_defaults(8, on_gpu=False, max_concurrent=4) == (4, 2)  # the CPUs shared out
+def test_the_serving_defaults_run_a_dream_per_cpu_on_the_cpus_shared_out() -> None:
+    # measured: README, "Serving under concurrency"
+    assert serving_defaults(1, on_gpu=False) == (1, SHARED_THREADS)
+    assert serving_defaults(2, on_gpu=False) == (2, SHARED_THREADS)  # a 2-core replica
+    assert serving_defaults(8, on_gpu=False) == (8, SHARED_THREADS)  # an 8-core one
+    assert serving_defaults(8, on_gpu=False, max_concurrent=4) == (4, SHARED_THREADS)
     assert serving_defaults(8, on_gpu=False, max_concurrent=2, threads=3) == (2, 3)  # as given
     assert serving_defaults(4, on_gpu=False, threads=4) == (1, 4)  # the threads given fill the CPUs
-    assert serving_defaults(3, on_gpu=False, max_concurrent=4) == (4, 1)  # never 0 threads
-    assert serving_defaults(8, on_gpu=True) == (1, 8)  # one dream at a time on the device
+    assert serving_defaults(3, on_gpu=False, threads=2) == (1, 2)  # never 0 dreams
+    assert serving_defaults(8, on_gpu=True) == (1, 8)  # one dream at a time on the device, its host work on all
+
+
+def test_a_lone_dream_takes_every_cpu_and_dreams_running_together_share_them() -> None:
+    share = CpuShare(8)
+    assert share.threads() == 8  # no dream running: an octave starting now is alone
+    with share.dreaming():
+        assert share.threads() == 8
+        with share.dreaming():
+            assert share.threads() == 4
+            with share.dreaming():
+                assert (share.running, share.threads()) == (3, 2)  # 8 // 3 rounded down to a power of two
+                with share.dreaming(), share.dreaming():
+                    assert share.threads() == 1
+        assert share.threads() == 8  # the others ended: all CPUs again
+    assert share.running == 0
+    with share.dreaming(), share.dreaming(), share.dreaming():
+        assert CpuShare(2).threads() == 2  # shares are counted per server, not per process
+    assert CpuShare(3).threads() == 2  # a power of two: at most log2(CPUs) + 1 sessions per graph
+
+
+def test_threads_given_are_kept_whatever_runs() -> None:
+    share = CpuShare(8, fixed=3)
+    with share.dreaming(), share.dreaming():
+        assert share.threads() == 3
+    with pytest.raises(ValueError, match="at least 1 CPU"):
+        CpuShare(0)
+
+
+def test_a_dream_that_ends_by_an_error_leaves_the_share() -> None:
+    share = CpuShare(2)
+    with pytest.raises(RuntimeError), share.dreaming():
+        raise RuntimeError("the dream failed")
+    assert share.running == 0
 
 
 def test_the_available_cpus_follow_the_affinity_mask() -> None:
