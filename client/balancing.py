@@ -8,34 +8,24 @@ to the first address). When the name resolves anew (a pod added, a server's GOAW
 its max connection age), the set follows.
 
 A call that a server answers UNAVAILABLE before sending anything (it is draining, still
-loading, or went away) is tried again on another one by gRPC itself, so the caller never
-sees it. A dream that has started is never repeated: its frames were already delivered.
+loading, or went away) is tried again on the next one by the client itself
+(`retries.Attempts`), so the caller never sees it. A dream that has started is never
+repeated: its frames were already delivered.
+
+gRPC's own retries (a `retryPolicy` here, with `grpc.enable_retries`) did this before and
+are off: with them, a blocking call refused UNAVAILABLE and waiting to be tried again when
+its server's connection went away (a server finishing its drain and exiting) never ended,
+not at its deadline, not on `cancel()` (grpcio 1.62.3 and 1.85.3 alike; the asyncio
+channel was spared). tests/test_drain.py sends such calls.
 """
 
 from __future__ import annotations
 
 import json
 
-from dreamstream.v1 import dream_pb2
-from dreamstream.wire import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
+from dreamstream.wire import CHANNEL_OPTIONS
 
-_SERVICE = dream_pb2.DESCRIPTOR.services_by_name["DreamService"].full_name
-
-SERVICE_CONFIG = {
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [
-        {
-            "name": [{"service": _SERVICE}],
-            "retryPolicy": {
-                "maxAttempts": 5,  # gRPC's ceiling
-                "initialBackoff": "0.1s",
-                "maxBackoff": "2s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ],
-}
+SERVICE_CONFIG = {"loadBalancingConfig": [{"round_robin": {}}]}
 
 # Seconds between the client's keepalive pings on a connection with calls open: a server that
 # vanished without closing its connections (a node lost) is noticed within ping + timeout.
@@ -45,11 +35,7 @@ KEEPALIVE_TIMEOUT = 10
 CLIENT_CHANNEL_OPTIONS = (
     *CHANNEL_OPTIONS,
     ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
-    ("grpc.enable_retries", 1),
-    # gRPC retries a call only while its request is still buffered: raise the buffers (256 KiB
-    # by default) to the largest request, or calls with a large picture would never be retried.
-    ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES),
-    ("grpc.retry_buffer_size", 4 * MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 0),  # see above: the client tries again itself
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME * 1000),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT * 1000),
 )

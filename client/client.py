@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -33,7 +32,7 @@ from dreamstream.client.events import (
     event_from_response,
     listing_from_response,
 )
-from dreamstream.client.retries import RetryListener, RetryPolicy
+from dreamstream.client.retries import Attempts, RetryListener, RetryPolicy
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
 from dreamstream.wire import DEFAULT_TARGET, REQUEST_ID_METADATA, format_named
 
@@ -215,7 +214,8 @@ class DreamClient(AnimationCalls):
         The request is built at once (a missing file raises here); the call starts on
         the first `next()`. Stopping the iteration early cancels the dream on the server.
         `request_id` (sent as `x-request-id`) names the dream in the server's logs; the
-        server makes one up otherwise. `timeout` applies to each try.
+        server makes one up otherwise. `timeout` applies to each try: a server refusing for now
+        (UNAVAILABLE) is tried again on the next one within it, the `retries` get a new one.
         Raises a DreamstreamError subclass when the server refuses or fails.
         """
         return self._events(build_request(image, options), timeout, self._auth + _metadata(request_id))
@@ -223,8 +223,9 @@ class DreamClient(AnimationCalls):
     def _events(
         self, request: dream_pb2.DreamRequest, timeout: float | None, metadata: tuple[tuple[str, str], ...]
     ) -> Iterator[DreamEvent]:
-        for attempt in itertools.count():
-            call = self._stub.Dream(request, timeout=timeout, metadata=metadata)
+        attempts = Attempts(self._retry, timeout)
+        while True:
+            call = self._stub.Dream(request, timeout=attempts.time_left(), metadata=metadata)
             started = False
             try:
                 for response in call:
@@ -233,8 +234,7 @@ class DreamClient(AnimationCalls):
                         yield event
                 return
             except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error, self.target)
-                delay = self._retry.delay_or_raise(error, attempt, started=started)
+                delay = attempts.delay_or_raise(from_rpc_error(rpc_error, self.target), started=started)
             finally:
                 call.cancel()  # a no-op once the stream has ended
             time.sleep(delay)
@@ -257,14 +257,13 @@ class DreamClient(AnimationCalls):
 
     def _unary(self, method: Callable, request: Message, timeout: float | None) -> Message:
         """One unary call, tried again as the retry policy says."""
-        attempt = 0
+        attempts = Attempts(self._retry, timeout)
         while True:
             try:
-                return method(request, timeout=timeout, metadata=self._auth)
+                return method(request, timeout=attempts.time_left(), metadata=self._auth)
             except grpc.RpcError as rpc_error:
-                delay = self._retry.delay_or_raise(from_rpc_error(rpc_error, self.target), attempt)
+                delay = attempts.delay_or_raise(from_rpc_error(rpc_error, self.target), started=False)
             time.sleep(delay)
-            attempt += 1
 
     def close(self) -> None:
         self._channel.close()
@@ -312,8 +311,9 @@ class AsyncDreamClient(AsyncAnimationCalls):
     async def _events(
         self, request: dream_pb2.DreamRequest, timeout: float | None, metadata: tuple[tuple[str, str], ...]
     ) -> AsyncIterator[DreamEvent]:
-        for attempt in itertools.count():
-            call = self._stub.Dream(request, timeout=timeout, metadata=metadata)
+        attempts = Attempts(self._retry, timeout)
+        while True:
+            call = self._stub.Dream(request, timeout=attempts.time_left(), metadata=metadata)
             started = False
             try:
                 async for response in call:
@@ -322,8 +322,7 @@ class AsyncDreamClient(AsyncAnimationCalls):
                         yield event
                 return
             except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error, self.target)
-                delay = self._retry.delay_or_raise(error, attempt, started=started)
+                delay = attempts.delay_or_raise(from_rpc_error(rpc_error, self.target), started=started)
             finally:
                 call.cancel()
             await asyncio.sleep(delay)
@@ -346,14 +345,13 @@ class AsyncDreamClient(AsyncAnimationCalls):
 
     async def _unary(self, method: Callable, request: Message, timeout: float | None) -> Message:
         """One unary call, tried again as the retry policy says."""
-        attempt = 0
+        attempts = Attempts(self._retry, timeout)
         while True:
             try:
-                return await method(request, timeout=timeout, metadata=self._auth)
+                return await method(request, timeout=attempts.time_left(), metadata=self._auth)
             except grpc.RpcError as rpc_error:
-                delay = self._retry.delay_or_raise(from_rpc_error(rpc_error, self.target), attempt)
+                delay = attempts.delay_or_raise(from_rpc_error(rpc_error, self.target), started=False)
             await asyncio.sleep(delay)
-            attempt += 1
 
     async def close(self) -> None:
         await self._channel.close()

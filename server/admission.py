@@ -149,7 +149,7 @@ class Admission:
 
 
 def draining() -> Draining:
-    return Draining("the server is shutting down and takes no new dream: retry (another replica)")
+    return Draining("the server is draining (shutting down) and takes no new dream: retry (another replica)")
 
 
 class Control:

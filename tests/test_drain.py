@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serve_process import ServeProcess
+from serve_process import CLI, ServeProcess
 
-from dreamstream.client import DreamClient, Frame, ServerUnavailable, Started
+from dreamstream.client import AsyncDreamClient, DreamClient, Frame, ServerUnavailable, Started
 
 # Long enough on any machine to be still running while the test signals and probes the
 # drain (the test waits for its first step before signalling; its end is awaited, not
@@ -151,3 +154,109 @@ def test_a_zoom_still_running_after_the_grace_is_stopped_with_unavailable_like_a
     assert server.exit_status() == 0
     assert "Traceback" not in server.log, server.log
     assert "dreams still running after 1 s were stopped" in server.log
+
+
+# Each probe's own deadline, and what the test allows past it: a call must END by then.
+PROBE_TIMEOUT = 5.0
+PROBE_MARGIN = 3.0
+PROBE = {"width": 64, "height": 64, "octaves": 1, "steps_per_octave": 1}
+
+
+class Probe(threading.Thread):
+    """One call with a deadline in a thread: how long it took to end, and how it ended."""
+
+    def __init__(self, call) -> None:
+        super().__init__(daemon=True)
+        self.call = call
+        self.began = self.took = 0.0
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        self.began = time.monotonic()
+        try:
+            self.call()
+        except Exception as error:
+            self.error = error
+        self.took = time.monotonic() - self.began
+
+    def end_within_deadline(self) -> None:
+        """Wait until the deadline plus the margin has passed (from the call's start) at most."""
+        self.join(max(0.0, self.began + PROBE_TIMEOUT + PROBE_MARGIN - time.monotonic()))
+
+
+def sync_probe(target: str, request_id: str) -> Probe:
+    def call() -> None:
+        with DreamClient(target) as client:
+            list(client.dream(None, timeout=PROBE_TIMEOUT, request_id=request_id, **PROBE))
+
+    return Probe(call)
+
+
+def async_probe(target: str, request_id: str) -> Probe:
+    async def dream() -> None:
+        async with AsyncDreamClient(target) as client:
+            async for _ in client.dream(None, timeout=PROBE_TIMEOUT, request_id=request_id, **PROBE):
+                pass
+
+    return Probe(lambda: asyncio.run(dream()))
+
+
+def test_calls_sent_as_a_drain_ends_fail_within_their_deadline_whichever_client_sends_them(
+    served, tmp_path: Path
+) -> None:
+    """Calls refused DRAINING, then tried again by the client while the server exits, end in time.
+
+    Before the fix they never ended (not at their deadline, not on cancel()): gRPC's own
+    retries (a retryPolicy in the client's service config) wedged every call that was
+    waiting to be retried when its server's connection went away.
+    """
+    server = served("--shutdown-grace", "120")
+    leave = threading.Event()
+
+    def running_dream() -> None:  # runs until told to leave: its end ends the drain
+        with DreamClient(server.target) as client:
+            for event in client.dream(None, **LONG):
+                if not isinstance(event, Started) and leave.wait(120):
+                    return
+
+    threading.Thread(target=running_dream, daemon=True).start()
+    server.wait_for(r"dream \S+ on efficientnet-lite0: 192x192")
+    server.terminate()
+    wait_for_health(server.target, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    command = subprocess.Popen(
+        [*CLI, "dream", "--noise", "64x64", "--steps", "1", "--octaves", "1", "-o", str(tmp_path / "out.png"),
+         "--server", server.target, "--timeout", str(PROBE_TIMEOUT), "--quiet"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    command_began = time.monotonic()
+    server.wait_for(r"refused \S+ \(UNAVAILABLE\)")  # the command's first try
+    probes = {f"sync-{n}": sync_probe(server.target, f"sync-{n}") for n in range(3)}
+    probes |= {f"async-{n}": async_probe(server.target, f"async-{n}") for n in range(2)}
+    for request_id, probe in probes.items():
+        probe.start()
+        server.wait_for(rf"refused {request_id} \(UNAVAILABLE\)")
+    # Every probe has been refused once and waits to try again: now the drain ends and the
+    # server closes its port and exits while they wait.
+    leave.set()
+    late = [sync_probe(server.target, f"late-{n}") for n in range(4)]
+    for probe in late:  # and calls sent in the instant the server closes its listener and exits
+        probe.start()
+        time.sleep(0.05)
+    assert server.exit_status() == 0
+    for name, probe in [*probes.items(), *((f"late-{n}", probe) for n, probe in enumerate(late))]:
+        probe.end_within_deadline()
+        assert not probe.is_alive(), f"{name} still runs {PROBE_TIMEOUT + PROBE_MARGIN:g} s after it was sent"
+        assert isinstance(probe.error, ServerUnavailable), f"{name}: {probe.error!r}"
+        assert probe.error.reason == "DRAINING" or "cannot reach" in probe.error.message, f"{name}: {probe.error}"
+        assert probe.took < PROBE_TIMEOUT, f"{name} took {probe.took:.1f} s"
+    command_ends_by = command_began + PROBE_TIMEOUT + PROBE_MARGIN
+    try:
+        _, stderr = command.communicate(timeout=max(0.1, command_ends_by - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        command.kill()
+        raise AssertionError(f"`dreamstream dream --timeout {PROBE_TIMEOUT:g}` still runs") from None
+    assert command.returncode != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert "draining" in lines[0] or "cannot reach" in lines[0], lines[0]

@@ -27,7 +27,7 @@ from dreamstream.client import (
 )
 from dreamstream.client.errors import ErrorDetails, details_of
 from dreamstream.client.events import event_from_response
-from dreamstream.client.retries import BACKOFF_SECONDS, RetryPolicy
+from dreamstream.client.retries import BACKOFF_SECONDS, FAILOVER_ATTEMPTS, Attempts, RetryPolicy
 from dreamstream.server.engine import Step
 from dreamstream.server.error_status import error_status, status_of
 from dreamstream.server.models import DEFAULT_MODEL, ModelRepository
@@ -102,7 +102,7 @@ def test_a_loading_server_says_unavailable_with_a_retry_delay(start_server, lite
 
 
 def test_a_draining_server_says_retry_at_once_elsewhere() -> None:
-    refusal = Draining("the server is shutting down and takes no new dream: retry (another replica)")
+    refusal = Draining("the server is draining (shutting down) and takes no new dream: retry (another replica)")
 
     status = error_status(status_of(refusal), str(refusal), refusal, "req-9")
 
@@ -276,6 +276,46 @@ def test_the_retry_policy_waits_what_the_server_asks_else_backs_off_and_gives_up
     with pytest.raises(InvalidRequest):
         policy.delay_or_raise(InvalidRequest("bad layer"), attempt=0)  # waiting changes nothing
     assert heard == [2.5, BACKOFF_SECONDS * 2]
+
+
+def draining() -> ServerUnavailable:
+    return ServerUnavailable("draining", details=ErrorDetails(reason="DRAINING", retry_delay=0.0))
+
+
+def test_a_refusal_for_now_is_sent_again_within_the_deadline_then_the_retries_get_a_new_one() -> None:
+    now = [100.0]
+    heard: list[float] = []
+    attempts = Attempts(RetryPolicy(retries=1, on_retry=lambda _, delay: heard.append(delay)), 5.0, lambda: now[0])
+
+    assert attempts.time_left() == 5.0
+    waits = []
+    for _ in range(FAILOVER_ATTEMPTS - 1):  # the next replica, after 0.1, 0.2, 0.4, 0.8 s
+        waits.append(attempts.delay_or_raise(draining(), started=False))
+        now[0] += waits[-1]
+    assert waits == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    assert attempts.time_left() == pytest.approx(3.5)  # one deadline for the try's attempts
+    assert attempts.delay_or_raise(draining(), started=False) == 0.0  # failover spent: a retry, the server's delay
+    assert heard == [0.0]
+    now[0] += 10.0
+    assert attempts.time_left() == 5.0  # a new try, a new deadline
+    now[0] += 4.95
+    with pytest.raises(ServerUnavailable):  # no backoff past the deadline, no retries left: raised at once
+        attempts.delay_or_raise(draining(), started=False)
+
+
+def test_a_started_call_or_a_final_refusal_is_not_sent_again_and_a_passed_deadline_is_said() -> None:
+    now = [0.0]
+    attempts = Attempts(RetryPolicy(retries=3), 1.0, lambda: now[0])
+    attempts.time_left()
+    with pytest.raises(ServerUnavailable):
+        attempts.delay_or_raise(draining(), started=True)
+    with pytest.raises(InvalidRequest):
+        attempts.delay_or_raise(InvalidRequest("bad layer"), started=False)
+    now[0] += 1.0
+    with pytest.raises(DreamstreamError, match="timeout of 1 s") as passed:
+        attempts.time_left()
+    assert passed.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert Attempts(RetryPolicy(), None).time_left() is None
 
 
 def test_an_event_this_client_does_not_know_is_skipped() -> None:
