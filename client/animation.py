@@ -9,6 +9,7 @@ so neither side holds more than a few frames however long the video.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import grpc
 
 from dreamstream.client.errors import from_rpc_error
 from dreamstream.client.events import Frame
+from dreamstream.client.retries import Attempts, RetryPolicy, stream_attempts, stream_attempts_async
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
 from dreamstream.wire import format_of_enum
 
@@ -187,15 +189,14 @@ class AnimationCalls:
         return self._zoom(request, timeout)
 
     def _zoom(self, request: dream_pb2.ZoomRequest, timeout: float | None) -> Iterator[AnimationFrame]:
-        call = self._stub.Zoom(request, timeout=timeout, metadata=self._auth)
-        try:
-            for response in call:
+        def open_call(timeout: float | None) -> grpc.Call:
+            return self._stub.Zoom(request, timeout=timeout, metadata=self._auth)
+
+        # A replica refusing for now is skipped, as for a dream (no `retries`: a zoom has none).
+        with contextlib.closing(stream_attempts(open_call, Attempts(RetryPolicy(), timeout), self.target)) as responses:
+            for response in responses:
                 if response.WhichOneof("event") == "frame":
                     yield frame_from_message(response.frame)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error, self.target) from None
-        finally:
-            call.cancel()
 
 
 class AsyncAnimationCalls:
@@ -265,15 +266,16 @@ class AsyncAnimationCalls:
         return self._zoom(request, timeout)
 
     async def _zoom(self, request: dream_pb2.ZoomRequest, timeout: float | None) -> AsyncIterator[AnimationFrame]:
-        call = self._stub.Zoom(request, timeout=timeout, metadata=self._auth)
+        def open_call(timeout: float | None) -> grpc.aio.Call:
+            return self._stub.Zoom(request, timeout=timeout, metadata=self._auth)
+
+        responses = stream_attempts_async(open_call, Attempts(RetryPolicy(), timeout), self.target)
         try:
-            async for response in call:
+            async for response in responses:
                 if response.WhichOneof("event") == "frame":
                     yield frame_from_message(response.frame)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error, self.target) from None
         finally:
-            call.cancel()
+            await responses.aclose()
 
 
 async def _aiter(items: Iterable[ImageInput] | AsyncIterable[ImageInput]) -> AsyncIterator[ImageInput]:

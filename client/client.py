@@ -8,6 +8,7 @@ Both build requests with `build_request` and turn responses into the events of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import time
@@ -32,7 +33,7 @@ from dreamstream.client.events import (
     event_from_response,
     listing_from_response,
 )
-from dreamstream.client.retries import Attempts, RetryListener, RetryPolicy
+from dreamstream.client.retries import Attempts, RetryListener, RetryPolicy, stream_attempts, stream_attempts_async
 from dreamstream.v1 import dream_pb2, dream_pb2_grpc
 from dreamstream.wire import DEFAULT_TARGET, REQUEST_ID_METADATA, format_named
 
@@ -223,21 +224,13 @@ class DreamClient(AnimationCalls):
     def _events(
         self, request: dream_pb2.DreamRequest, timeout: float | None, metadata: tuple[tuple[str, str], ...]
     ) -> Iterator[DreamEvent]:
-        attempts = Attempts(self._retry, timeout)
-        while True:
-            call = self._stub.Dream(request, timeout=attempts.time_left(), metadata=metadata)
-            started = False
-            try:
-                for response in call:
-                    if (event := event_from_response(response)) is not None:
-                        started = True
-                        yield event
-                return
-            except grpc.RpcError as rpc_error:
-                delay = attempts.delay_or_raise(from_rpc_error(rpc_error, self.target), started=started)
-            finally:
-                call.cancel()  # a no-op once the stream has ended
-            time.sleep(delay)
+        def open_call(timeout: float | None) -> grpc.Call:
+            return self._stub.Dream(request, timeout=timeout, metadata=metadata)
+
+        with contextlib.closing(stream_attempts(open_call, Attempts(self._retry, timeout), self.target)) as responses:
+            for response in responses:
+                if (event := event_from_response(response)) is not None:
+                    yield event
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server can dream with."""
@@ -311,21 +304,16 @@ class AsyncDreamClient(AsyncAnimationCalls):
     async def _events(
         self, request: dream_pb2.DreamRequest, timeout: float | None, metadata: tuple[tuple[str, str], ...]
     ) -> AsyncIterator[DreamEvent]:
-        attempts = Attempts(self._retry, timeout)
-        while True:
-            call = self._stub.Dream(request, timeout=attempts.time_left(), metadata=metadata)
-            started = False
-            try:
-                async for response in call:
-                    if (event := event_from_response(response)) is not None:
-                        started = True
-                        yield event
-                return
-            except grpc.RpcError as rpc_error:
-                delay = attempts.delay_or_raise(from_rpc_error(rpc_error, self.target), started=started)
-            finally:
-                call.cancel()
-            await asyncio.sleep(delay)
+        def open_call(timeout: float | None) -> grpc.aio.Call:
+            return self._stub.Dream(request, timeout=timeout, metadata=metadata)
+
+        responses = stream_attempts_async(open_call, Attempts(self._retry, timeout), self.target)
+        try:
+            async for response in responses:
+                if (event := event_from_response(response)) is not None:
+                    yield event
+        finally:
+            await responses.aclose()
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server can dream with."""

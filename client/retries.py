@@ -16,12 +16,14 @@ run twice):
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import grpc
 
-from dreamstream.client.errors import DeadlineExceeded, DreamstreamError
+from dreamstream.client.errors import DeadlineExceeded, DreamstreamError, from_rpc_error
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
 # The first wait when the server named no delay; it doubles with each retry.
@@ -97,3 +99,42 @@ class Attempts:
         self._try += 1
         self._new_try()
         return delay
+
+
+OpenCall = Callable[[float | None], Any]
+"""Starts one attempt of a server-streaming call with this timeout; returns the gRPC call."""
+
+
+def stream_attempts(open_call: OpenCall, attempts: Attempts, target: str) -> Iterator[Any]:
+    """The responses of a server-streaming call, sent again as `attempts` says while none has come;
+    failures raised as DreamstreamErrors. Closing the iterator cancels the call."""
+    while True:
+        call = open_call(attempts.time_left())
+        started = False
+        try:
+            for response in call:
+                started = True
+                yield response
+            return
+        except grpc.RpcError as rpc_error:
+            delay = attempts.delay_or_raise(from_rpc_error(rpc_error, target), started=started)
+        finally:
+            call.cancel()  # a no-op once the stream has ended
+        time.sleep(delay)
+
+
+async def stream_attempts_async(open_call: OpenCall, attempts: Attempts, target: str) -> AsyncIterator[Any]:
+    """The asyncio twin of `stream_attempts`."""
+    while True:
+        call = open_call(attempts.time_left())
+        started = False
+        try:
+            async for response in call:
+                started = True
+                yield response
+            return
+        except grpc.RpcError as rpc_error:
+            delay = attempts.delay_or_raise(from_rpc_error(rpc_error, target), started=started)
+        finally:
+            call.cancel()
+        await asyncio.sleep(delay)

@@ -260,3 +260,23 @@ def test_calls_sent_as_a_drain_ends_fail_within_their_deadline_whichever_client_
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert "draining" in lines[0] or "cannot reach" in lines[0], lines[0]
+
+
+def test_a_server_killed_mid_dream_ends_the_command_within_its_deadline_in_one_line(served, tmp_path: Path) -> None:
+    server = served()
+    command = subprocess.Popen(
+        [*CLI, "dream", "--noise", "192x192", "--steps", "400", "--octaves", "2", "-o", str(tmp_path / "out.png"),
+         "--server", server.target, "--timeout", "30", "--quiet"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    server.wait_for(r"dream \S+ on efficientnet-lite0: 192x192")
+    server.process.kill()  # no drain, no GOAWAY: the connection just breaks
+    try:
+        _, stderr = command.communicate(timeout=30 + PROBE_MARGIN)
+    except subprocess.TimeoutExpired:
+        command.kill()
+        raise AssertionError("`dreamstream dream --timeout 30` outlived its deadline") from None
+    assert command.returncode != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("dreamstream: UNAVAILABLE: ") and server.target in lines[0], lines[0]
