@@ -31,6 +31,7 @@ __all__ = [
     "StaticShapes",
     "UnsupportedOperator",
     "constant_values",
+    "declare_gradient_shapes",
     "depends_on",
     "prepare_forward",
     "reverse_pass",
@@ -90,11 +91,13 @@ def reverse_pass(
     wrt: str,
     seeds: dict[str, str],
     context: RuleContext,
+    gradients: dict[str, str] | None = None,
 ) -> str:
     """Emit nodes computing d(sum of seeded outputs . seeds)/d(wrt); returns the gradient's name.
 
     `nodes` must be topologically sorted: the walked nodes of `prepare_forward`.
     `seeds` maps forward tensors to the tensors holding their incoming gradients.
+    `gradients`, when given, receives each differentiated forward tensor -> its whole gradient.
     """
     active = depends_on(nodes, wrt)
     pending: dict[str, list[str]] = {tensor: [grad] for tensor, grad in seeds.items()}
@@ -109,6 +112,8 @@ def reverse_pass(
 
     for node in reversed(nodes):
         output_grads = [total(out) if out else None for out in node.output]
+        if gradients is not None:
+            gradients.update((out, grad) for out, grad in zip(node.output, output_grads, strict=True) if grad)
         if all(grad is None for grad in output_grads):
             continue
         wanted = {i for i, name in enumerate(node.input) if name and name in active}
@@ -123,4 +128,24 @@ def reverse_pass(
     result = total(wrt)
     if result is None:
         raise GradientError(f"the seeded tensors do not depend on {wrt!r}")
+    if gradients is not None:
+        gradients[wrt] = result
     return result
+
+
+def declare_gradient_shapes(builder: GraphBuilder, shapes: StaticShapes, gradients: dict[str, str]) -> None:
+    """Declare that each gradient has its forward tensor's shape, on both, naming the dims shape
+    inference leaves unknown (f"{tensor}:{axis}"; ONNX Runtime's own inference names none).
+
+    Always true (a gradient has the shape of what it differentiates), and what ONNX Runtime
+    needs to keep the Mul of a gradient by a mask of the forward tensor in its blocked
+    NCHWc layout: it keeps a Mul there only when it can prove both shapes equal, and the
+    dims that a convolution or a pooling makes of a picture of any size are unknown to it.
+    """
+    for tensor, grad in gradients.items():
+        dims = shapes.symbolic.get(tensor)
+        if dims is None:
+            continue
+        named = [dim if dim is not None else f"{tensor}:{axis}" for axis, dim in enumerate(dims)]
+        builder.declare(tensor, named)
+        builder.declare(grad, named)

@@ -27,6 +27,7 @@ from dreamstream.export.autodiff import (
     RuleContext,
     StaticShapes,
     constant_values,
+    declare_gradient_shapes,
     prepare_forward,
     reverse_pass,
 )
@@ -193,9 +194,11 @@ def _emit_dream(
     loss = terms[0] if len(terms) == 1 else builder.op("Sum", *terms, hint="loss_sum")
     channel_means = means[0] if len(means) == 1 else builder.op("Concat", *means, hint="means", axis=1)
 
-    shapes = StaticShapes({**prepared.shapes.shapes, source: prepared.shapes.shapes[IMAGE]})
+    shapes = prepared.shapes.renamed(source, IMAGE)
     context = RuleContext(builder, shapes, ChainMap(builder.initializers, prepared.constants))
-    grad = reverse_pass(forward, source, seeds, context)
+    gradients: dict[str, str] = {}
+    grad = reverse_pass(forward, source, seeds, context, gradients)
+    declare_gradient_shapes(builder, shapes, gradients)
     return loss, grad, channel_means
 
 

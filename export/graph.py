@@ -32,6 +32,7 @@ class GraphBuilder:
         self.weight_names: set[str] = set()  # initializers that are backbone parameters
         self._used_names: set[str] = set()
         self._constant_cache: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+        self.declared_shapes: dict[str, list[int | str]] = {}  # float tensors' shapes, for value_info
 
     def fresh(self, hint: str) -> str:
         """A tensor or node name not used before in this builder."""
@@ -67,6 +68,10 @@ class GraphBuilder:
         self.initializers[name] = array
         self._constant_cache[key] = name
         return name
+
+    def declare(self, tensor: str, shape: Sequence[int | str]) -> None:
+        """Record the shape of float tensor `tensor` (dims as numbers or names), written as its value_info."""
+        self.declared_shapes[tensor] = list(shape)
 
     def ints(self, values: Sequence[int]) -> str:
         return self.const(list(values), np.int64)
@@ -107,7 +112,14 @@ def make_model(
     initializers = [
         numpy_helper.from_array(array, name) for name, array in builder.initializers.items() if name in used
     ]
-    graph = helper.make_graph(builder.nodes, name, list(inputs), list(outputs), initializers)
+    interface = {value.name for value in (*inputs, *outputs)}
+    produced = {out for node in builder.nodes for out in node.output}
+    value_info = [
+        helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, shape)
+        for tensor, shape in builder.declared_shapes.items()
+        if tensor in produced and tensor not in interface
+    ]
+    graph = helper.make_graph(builder.nodes, name, list(inputs), list(outputs), initializers, value_info=value_info)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],

@@ -241,6 +241,24 @@ CASES = [
         lambda x: F.relu6(x * 8),
         kinks=(0.0, 0.75),
     ),
+    Case(
+        "clip_max_only",
+        lambda g, x: g.op("Clip", g.op("Mul", x, g.const(8.0)), "", g.const(6.0)),
+        lambda x: torch.clamp(x * 8, max=6.0),
+        kinks=(0.75,),
+    ),
+    Case(
+        "clip_narrow_band",  # a small max: its mask's slope is capped (see activations._below_mask)
+        lambda g, x: g.op("Clip", x, g.const(0.0), g.const(0.05)),
+        lambda x: torch.clamp(x, 0.0, 0.05),
+        kinks=(0.0, 0.05),
+    ),
+    Case(
+        "clip_band_around_zero",
+        lambda g, x: g.op("Clip", g.op("Mul", x, g.const(4.0)), g.const(-1.0), g.const(2.0)),
+        lambda x: torch.clamp(x * 4, -1.0, 2.0),
+        kinks=(-0.25, 0.5),
+    ),
     Case("leaky_relu", _unary("LeakyRelu", alpha=0.1), lambda x: F.leaky_relu(x, 0.1)),
     Case("sigmoid", _unary("Sigmoid"), torch.sigmoid),
     Case("tanh", _unary("Tanh"), torch.tanh),
@@ -677,3 +695,39 @@ def test_max_pool_gives_a_window_with_tied_maxima_its_gradient_once_at_the_first
     y_torch.backward(torch.from_numpy(dy))
     np.testing.assert_array_equal(y, y_torch.detach().numpy())
     np.testing.assert_allclose(grad, x_torch.grad.numpy(), rtol=0, atol=1e-6)
+
+
+SLOPE_EDGES = {
+    # name: (forward, the inputs, where the slope is 1)
+    "relu": (
+        lambda g, x: g.op("Relu", x),
+        [-1.0, -0.0, 0.0, 1e-45, 1e-40, 1.1754942e-38, 1e-30, 1.0, 3e38],
+        lambda x: x > 0,
+    ),
+    "relu6": (
+        lambda g, x: g.op("Clip", x, g.const(0.0), g.const(6.0)),
+        [-1.0, 0.0, 1e-45, 1e-38, 1.0, np.nextafter(6.0, 0.0), 6.0, 7.0, 3e38],
+        lambda x: (x > 0) & (x < 6),
+    ),
+    "clip_max_4096": (
+        lambda g, x: g.op("Clip", x, "", g.const(4096.0)),
+        [-3e38, -1e-45, 0.0, 1.0, np.nextafter(4096.0, 0.0), 4096.0, 5000.0],
+        lambda x: x < 4096,
+    ),
+    "clip_max_tiny": (
+        lambda g, x: g.op("Clip", x, g.const(0.0), g.const(2.0**-90)),
+        [0.0, 1e-45, np.nextafter(2.0**-90, 0.0), 2.0**-90, 1.0],
+        lambda x: (x > 0) & (x < 2.0**-90),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SLOPE_EDGES))
+def test_relu_and_clip_slopes_are_exactly_one_or_zero_up_to_their_bounds(name: str) -> None:
+    # The masks are computed in float (activations._positive_mask, _below_mask): no value,
+    # however close to a bound or however small (subnormal), may get a slope between 0 and 1.
+    forward, values, inside = SLOPE_EDGES[name]
+    x = np.array(values, np.float32).reshape(1, 1, 1, -1)
+    session, _ = _gradient_session(forward, 1)
+    _, grad = session.run(None, {"x": x, "dy": np.ones_like(x)})
+    np.testing.assert_array_equal(grad, inside(x).astype(np.float32))

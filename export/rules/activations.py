@@ -8,20 +8,34 @@ import onnx
 
 from dreamstream.export.rules.context import Grads, RuleContext, UnsupportedOperator, attr, only_inputs
 
-# A mask is a float computed in place from the forward's output: ONNX Runtime reuses a
-# float buffer for the next elementwise op, so a mask costs one tensor's memory, where a
-# comparison's bool and its Cast cost two (efficientnet-lite0's 512 px dream peaked 31 MiB
-# higher with them). A value p >= 0 becomes 1 where p > 0 and 0 where p == 0 by two
-# multiplications by 2^126 (the smallest float, 2^-149, reaches 2^103) and a Min with 1:
-# exact, and faster than Sign, whose CPU kernel is not vectorised (dy times the mask over
-# 64x256x256, one thread: Sign 6.7 ms, comparisons and Cast 4.4 ms).
+# A mask is a float computed in place from the forward's output by HardSigmoid,
+# clamp(alpha * p + beta, 0, 1): ONNX Runtime keeps HardSigmoid (and the Mul of the
+# gradient by the mask, when both shapes are known to match: see
+# `declare_gradient_shapes`) in its blocked NCHWc layout, so the mask costs no layout
+# change around it, where Min and Mul by a constant are reordered back to NCHW and
+# forth (efficientnet-lite0: 50 of its 107 layout changes, a 512 px step x0.93-0.95 with
+# both, one thread). A float mask costs one tensor's
+# memory where a comparison's bool and its Cast cost two (31 MiB more peak at 512 px).
+# p >= 0 becomes exactly 1 where p > 0 and 0 where p == 0 by two HardSigmoids of slope
+# 2^126 (the smallest float, 2^-149, reaches 2^-23, then 2^103 > 1).
 _MASK_SCALE = 2.0**126
+# The upper bound `high` of a Clip whose mask is one HardSigmoid of slope -k: the
+# smallest gap below `high` = m 2^e (0.5 <= m < 1) is 2^(e-25); with k = 2^min(124-e, 126)
+# that gap times k is at least 2^2 for |high| >= 2^-100, and high * k < 2^124 stays finite.
+_SMALLEST_HIGH = 2.0**-100
 
 
 def _positive_mask(ctx: RuleContext, nonnegative: str, hint: str) -> str:
+    """1 where p > 0, 0 where p == 0, for p >= 0."""
     g = ctx.builder
-    scaled = g.op("Mul", g.op("Mul", nonnegative, g.const(_MASK_SCALE)), g.const(_MASK_SCALE))
-    return g.op("Min", scaled, g.const(1.0), hint=hint)
+    scaled = g.op("HardSigmoid", nonnegative, alpha=_MASK_SCALE, beta=0.0)
+    return g.op("HardSigmoid", scaled, alpha=_MASK_SCALE, beta=0.0, hint=hint)
+
+
+def _below_mask(ctx: RuleContext, y: str, high: float, hint: str) -> str:
+    """1 where y < high, 0 where y == high, for y <= high and |high| >= _SMALLEST_HIGH."""
+    k = 2.0 ** min(124 - math.frexp(abs(high))[1], 126)
+    return ctx.builder.op("HardSigmoid", y, alpha=-k, beta=high * k, hint=hint)
 
 
 def relu(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
@@ -38,23 +52,40 @@ def leaky_relu(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[in
 
 
 def clip(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:
-    # The gradient passes where min < x < max, that is where min < y < max for y = clip(x):
-    # there (y - min) * (max - y) > 0, elsewhere it is 0 (never negative, never rounded to 0:
-    # near either bound the other factor is far from 0).
+    # The gradient passes where min < x < max, that is where min < y < max for y = clip(x).
     only_inputs(node, wanted, {0})
     y = node.output[0]
     g = ctx.builder
-    factors = []
-    if len(node.input) > 1 and node.input[1]:
-        low = ctx.constant(node.input[1])
-        at_zero = low is not None and low.size == 1 and float(low.reshape(())) == 0.0
-        factors.append(y if at_zero else g.op("Sub", y, node.input[1]))
-    if len(node.input) > 2 and node.input[2]:
-        factors.append(g.op("Sub", node.input[2], y, hint="clip_headroom"))
-    if not factors:
+    low = _bound(node, 1)
+    high = _bound(node, 2)
+    if low is None and high is None:
         return {0: dy[0]}
+    constant_low = None if low is None else ctx.constant(low)
+    constant_high = None if high is None else ctx.constant(high)
+    low_is_zero = constant_low is not None and constant_low.size == 1 and float(constant_low.reshape(())) == 0.0
+    high_value = float(constant_high.reshape(())) if constant_high is not None and constant_high.size == 1 else None
+    high_fits = high_value is not None and math.isfinite(high_value) and abs(high_value) >= _SMALLEST_HIGH
+    if (low is None or low_is_zero) and (high is None or high_fits):
+        # ReLU6 and its kin: masks of y alone, in the blocked layout.
+        masks = [] if low is None else [_positive_mask(ctx, y, "clip_low_mask")]
+        if high_value is not None:
+            masks.append(_below_mask(ctx, y, high_value, "clip_high_mask"))
+        inside = masks[0] if len(masks) == 1 else g.op("Mul", *masks, hint="clip_mask")
+        return {0: g.op("Mul", dy[0], inside, hint="clip_grad")}
+    # Other bounds: (y - min) * (max - y) > 0 inside, 0 elsewhere (never negative, never
+    # rounded to 0: near either bound the other factor is far from 0).
+    factors = []
+    if low is not None:
+        factors.append(y if low_is_zero else g.op("Sub", y, low))
+    if high is not None:
+        factors.append(g.op("Sub", high, y, hint="clip_headroom"))
     inside = factors[0] if len(factors) == 1 else g.op("Mul", *factors)
     return {0: g.op("Mul", dy[0], _positive_mask(ctx, inside, "clip_mask"), hint="clip_grad")}
+
+
+def _bound(node: onnx.NodeProto, index: int) -> str | None:
+    """A Clip's min (1) or max (2) input, None when absent."""
+    return node.input[index] if len(node.input) > index and node.input[index] else None
 
 
 def sigmoid(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) -> dict[int, str]:

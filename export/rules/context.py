@@ -35,25 +35,36 @@ class UnsupportedOperator(GradientError):
 
 @dataclass
 class StaticShapes:
-    """What shape inference knows before run time: rank, and the dims that are fixed numbers."""
+    """What shape inference knows before run time: rank, and the dims that are fixed numbers
+    (`shapes`); `symbolic` also keeps the named dims ("N", "H") inference carried through."""
 
     shapes: dict[str, tuple[int | None, ...]]
+    symbolic: dict[str, tuple[int | str | None, ...]] = field(default_factory=dict)
 
     @classmethod
     def infer(cls, model: onnx.ModelProto) -> StaticShapes:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         shapes: dict[str, tuple[int | None, ...]] = {}
+        symbolic: dict[str, tuple[int | str | None, ...]] = {}
         values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
         for value in values:
             tensor_type = value.type.tensor_type
             if not tensor_type.HasField("shape"):
                 continue
-            shapes[value.name] = tuple(
-                dim.dim_value if dim.HasField("dim_value") else None for dim in tensor_type.shape.dim
+            dims = tensor_type.shape.dim
+            shapes[value.name] = tuple(dim.dim_value if dim.HasField("dim_value") else None for dim in dims)
+            symbolic[value.name] = tuple(
+                dim.dim_value if dim.HasField("dim_value") else dim.dim_param or None for dim in dims
             )
         for init in model.graph.initializer:
             shapes[init.name] = tuple(init.dims)
-        return cls(shapes)
+        return cls(shapes, symbolic)
+
+    def renamed(self, source: str, as_tensor: str) -> StaticShapes:
+        """These shapes with `source` also known as `as_tensor` (a renamed graph input)."""
+        shapes = {**self.shapes, source: self.shapes[as_tensor]}
+        symbolic = {**self.symbolic, source: self.symbolic.get(as_tensor, self.shapes[as_tensor])}
+        return StaticShapes(shapes, symbolic)
 
     def rank(self, tensor: str) -> int | None:
         shape = self.shapes.get(tensor)
