@@ -33,7 +33,7 @@ from dreamstream.export.autodiff import (
 )
 from dreamstream.export.backbone import Backbone, DreamLayer
 from dreamstream.export.folding import fold_constants
-from dreamstream.export.graph import GraphBuilder, make_model, tensor_info
+from dreamstream.export.graph import GraphBuilder, live_nodes, make_model, tensor_info
 from dreamstream.modeldir import (
     CHANNEL_MEANS,
     CHANNEL_WEIGHTS,
@@ -362,6 +362,7 @@ def _finish(builder: GraphBuilder, prepared: PreparedBackbone, step: bool, guide
             tensor_info(CHANNEL_MEANS, TensorProto.FLOAT, ["N", channel_total]),
         ]
     inputs = _interface(step, channel_total, len(layers), guide)
+    builder.nodes = live_nodes(builder.nodes, [output.name for output in outputs])
     # The forward's weights live in the prepared constants, not in this builder.
     used = {name for node in builder.nodes for name in node.input}
     produced = {name for node in builder.nodes for name in node.output}

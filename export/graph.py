@@ -93,6 +93,18 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, list(inputs), list(outputs), name=node_name, **attributes))
 
 
+def live_nodes(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx.NodeProto]:
+    """The nodes that `outputs` depend on, in their order: ONNX Runtime runs a node whose
+    outputs nothing reads (a step graph's channel means) at every step."""
+    needed = set(outputs)
+    live: list[onnx.NodeProto] = []
+    for node in reversed(nodes):
+        if any(out in needed for out in node.output):
+            live.append(node)
+            needed.update(name for name in node.input if name)
+    return live[::-1]
+
+
 def tensor_info(name: str, elem_type: int, shape: Sequence[int | str | None] | None) -> onnx.ValueInfoProto:
     """A typed value; shape None leaves the rank unknown."""
     return helper.make_tensor_value_info(name, elem_type, None if shape is None else list(shape))
