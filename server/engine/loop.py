@@ -244,19 +244,19 @@ class DreamEngine:
             feeds = {LAYER_WEIGHTS: plan.layer_weights, CHANNEL_WEIGHTS: channel_weights}
             if guide is not None:
                 feeds[GUIDE] = guide
-            session = plan.model.session(plan.gradient_graph or plan.model.graph_for(params.layers))
+            # Asked for at every step: its threads follow the dreams running (see steppers).
+            session = functools.partial(plan.model.session, plan.gradient_graph or plan.model.graph_for(params.layers))
             direction = functools.partial(ascent_direction, lap_levels=params.lap_levels, tv_weight=params.tv_weight)
             if plan.tiling is not None:
                 reshaped = params.lap_levels or params.tv_weight
                 return TiledSteps(session, feeds, params.step_size, plan.tiling, direction if reshaped else None)
             return GradientSteps(session, feeds, params.step_size, direction)
-        session: ort.InferenceSession = plan.model.session(plan.step_graph)
         device = plan.model.device.kind
         keep = self._keep_on_device if self._keep_on_device is not None else device == "cuda"
         constants = step_constants(plan.layer_weights, channel_weights, params.step_size)
-        if keep:
-            return BoundSteps(session, constants, device)
-        return HostSteps(session, constants)
+        if keep:  # the picture bound to one session's device memory for the whole octave
+            return BoundSteps(plan.model.session(plan.step_graph), constants, device)
+        return HostSteps(functools.partial(plan.model.session, plan.step_graph), constants)
 
 
 class _Refusing:

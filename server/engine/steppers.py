@@ -9,18 +9,33 @@ graph, Laplacian normalisation, TV regularisation; see `normalise`).
 
 A step told to `release` is the octave's last: its Run hands the CPU arena's free
 memory back (see `providers.releasing_run`), before the next octave's larger one.
+
+On the CPU a stepper asks for its session at every step (a `SessionSource`): the
+threads a dream runs on follow the dreams running at that moment (providers.CpuShare),
+so a dream that began alone gives half its CPUs back within a step of a second one
+starting, rather than at its next octave.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import numpy as np
 import onnxruntime as ort
 
 from dreamstream.modeldir import CHANNEL_WEIGHTS, GRAD, IMAGE, IMAGE_OUT, LAYER_WEIGHTS, LOSS, SHIFT, STEP_SIZE
 from dreamstream.server.providers import releasing_run
+
+# The session for the next Run: a fixed one, or a function choosing it then.
+SessionSource: TypeAlias = ort.InferenceSession | Callable[[], ort.InferenceSession]
+
+
+def session_of(source: SessionSource) -> Callable[[], ort.InferenceSession]:
+    """`source` as a function that gives the session for the next Run."""
+    if isinstance(source, ort.InferenceSession):
+        return lambda: source
+    return source
 
 
 class Stepper(Protocol):
@@ -50,8 +65,8 @@ def run_options(release: bool) -> ort.RunOptions | None:
 class HostSteps:
     """Feeds numpy arrays: on the CPU the picture lives in host memory anyway."""
 
-    def __init__(self, session: ort.InferenceSession, constants: dict[str, np.ndarray]) -> None:
-        self._session = session
+    def __init__(self, session: SessionSource, constants: dict[str, np.ndarray]) -> None:
+        self._session = session_of(session)
         self._feeds = dict(constants)
 
     def start(self, image: np.ndarray) -> None:
@@ -59,7 +74,7 @@ class HostSteps:
 
     def step(self, shift: np.ndarray, release: bool = False) -> float:
         self._feeds[SHIFT] = shift
-        image, loss = self._session.run([IMAGE_OUT, LOSS], self._feeds, run_options(release))
+        image, loss = self._session().run([IMAGE_OUT, LOSS], self._feeds, run_options(release))
         self._feeds[IMAGE] = image
         return float(loss[0])
 
@@ -113,12 +128,12 @@ class GradientSteps:
 
     def __init__(
         self,
-        session: ort.InferenceSession,
+        session: SessionSource,
         feeds: dict[str, np.ndarray],
         step_size: float,
         direction: Callable[[np.ndarray, np.ndarray], np.ndarray],
     ) -> None:
-        self._session = session
+        self._session = session_of(session)
         self._feeds = dict(feeds)
         self._step_size = step_size
         self._direction = direction
@@ -130,7 +145,7 @@ class GradientSteps:
     def step(self, shift: np.ndarray, release: bool = False) -> float:
         axes = (1, 2)
         rolled = np.roll(self._image, tuple(shift), axis=axes)
-        loss, grad = self._session.run([LOSS, GRAD], {**self._feeds, IMAGE: rolled[None]}, run_options(release))
+        loss, grad = self._session().run([LOSS, GRAD], {**self._feeds, IMAGE: rolled[None]}, run_options(release))
         grad = np.roll(grad[0], tuple(-shift), axis=axes)
         moved = self._image + self._step_size * self._direction(grad, self._image)
         self._image = np.clip(moved, 0.0, 1.0).astype(np.float32)

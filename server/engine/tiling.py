@@ -25,12 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
 from dreamstream.modeldir import GRAD, IMAGE, LOSS, Manifest
 from dreamstream.server.engine.fitting import SizeFit
 from dreamstream.server.engine.limits import STEP_BASE_BYTES, Limits, step_memory
 from dreamstream.server.engine.normalise import NORMALISE_EPSILON
+from dreamstream.server.engine.steppers import SessionSource, session_of
 from dreamstream.server.providers import releasing_run
 from dreamstream.server.refusals import InvalidRequest
 
@@ -134,13 +134,13 @@ class TiledSteps:
 
     def __init__(
         self,
-        session: ort.InferenceSession,
+        session: SessionSource,
         feeds: dict[str, np.ndarray],
         step_size: float,
         tiling: Tiling,
         direction: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     ) -> None:
-        self._session = session
+        self._session = session_of(session)
         self._feeds = dict(feeds)
         self._step_size = step_size
         self.tiling = tiling
@@ -165,10 +165,11 @@ class TiledSteps:
         losses = []
         absolute_sum = 0.0
         tiles = [(row, column) for row in rows for column in columns]
+        session = self._session()
         for number, (row, column) in enumerate(tiles, start=1):
             tile = image[np.ix_(every_channel, row.read, column.read)]
             options = releasing_run() if number == len(tiles) else None
-            loss, tile_grad = self._session.run([LOSS, GRAD], {**self._feeds, IMAGE: tile[None]}, options)
+            loss, tile_grad = session.run([LOSS, GRAD], {**self._feeds, IMAGE: tile[None]}, options)
             core = tile_grad[0, :, row.keep, column.keep]
             grad[np.ix_(every_channel, row.write, column.write)] = core
             absolute_sum += float(np.abs(core).sum(dtype=np.float64))
