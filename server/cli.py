@@ -102,7 +102,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         type=non_negative_int,
         default=0,
         help="threads per dream's graph operators (default 0: the CPUs available, from the affinity mask and "
-        "the cgroup CPU quota, shared out at each octave among the dreams running then: a lone dream on all)",
+        "the cgroup CPU quota, shared out at each step among the dreams running then: a lone dream on all)",
     )
     _add_security_flags(parser)
     _add_limit_flags(parser)

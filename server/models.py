@@ -3,7 +3,7 @@
 Each model directory (see `dreamstream.modeldir`) holds dozens of graphs,
 one gradient graph and one step graph per layer, so sessions are opened on first
 use and then kept: a session is created once per graph and thread count (on the CPU a
-dream's octave takes its share of the CPUs, see providers.CpuShare) and shared by every
+dream's step takes its share of the CPUs, see providers.CpuShare) and shared by every
 request (ONNX Runtime sessions are safe to run from several threads).
 
 A model folder is trusted no further than it proves (see `model_files`: every file
@@ -68,8 +68,8 @@ class Model:
         return self.manifest.name
 
     def session(self, graph: str) -> ort.InferenceSession:
-        """The session of `graph` (a path relative to the model directory) on the threads an
-        octave starting now takes (see CpuShare), opened when not open."""
+        """The session of `graph` (a path relative to the model directory) on the threads a
+        step starting now takes (see CpuShare), opened when not open."""
         path = self.directory / graph
         device = self.device
         if device.kind == "cpu":

@@ -59,14 +59,14 @@ def available_cpus() -> int:
     return cpus
 
 
-# `--threads 0`, the default: each dream's octaves run on the CPUs shared out among the dreams
-# running when the octave starts (see CpuShare).
+# `--threads 0`, the default: each step of a dream runs on the CPUs shared out among the
+# dreams running when the step starts (see CpuShare).
 SHARED_THREADS = 0
 
 
 def serving_defaults(cpus: int, on_gpu: bool, max_concurrent: int | None = None, threads: int = 0) -> tuple[int, int]:
     """(dreams at once, threads per dream) for `cpus` CPUs, each left as given when given;
-    threads SHARED_THREADS (0) when each octave takes its share of the CPUs then (CpuShare).
+    threads SHARED_THREADS (0) when each step takes its share of the CPUs then (CpuShare).
 
     On the CPU: a dream per CPU (per `threads` CPUs when given) and, unless `threads` is
     given, the CPUs shared out among the dreams running: a lone dream on every CPU, two on
@@ -87,14 +87,14 @@ def serving_defaults(cpus: int, on_gpu: bool, max_concurrent: int | None = None,
 
 
 class CpuShare:
-    """The threads the next octave of a dream runs on: `fixed` when given, else the CPUs
+    """The threads the next step of a dream runs on: `fixed` when given, else the CPUs
     shared out among the dreams running at that moment.
 
     ONNX Runtime fixes a session's threads when it opens it, so a graph has a session per
     thread count it has run with (see models.Model.session); shares are rounded down to a
     power of two to keep those few (at most 4 on 8 CPUs: 8, 4, 2, 1). A share is taken per
-    octave, not per dream: a dream that began alone gives half its CPUs back at its next
-    octave when a second dream starts, and takes them again when that one ends.
+    step, not per dream: a dream that began alone gives half its CPUs back at its next
+    step when a second dream starts, and takes them again when that one ends.
     """
 
     def __init__(self, cpus: int, fixed: int = 0) -> None:

@@ -138,7 +138,7 @@ class DreamEngine:
         original = np.ascontiguousarray(plan.start.pixels(rng).transpose(2, 0, 1), np.float32)
         guide = plan.guide.pixels() if plan.guide is not None else None
         picture = original
-        # Counted among the dreams running while it runs: each octave's session takes its
+        # Counted among the dreams running while it runs: each step's session takes its
         # share of the CPUs from that count (see providers.CpuShare).
         with self.models.cpu.dreaming():
             for round_number in range(1, plan.params.rounds + 1):
