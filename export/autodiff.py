@@ -134,8 +134,9 @@ def reverse_pass(
 
 
 def declare_gradient_shapes(builder: GraphBuilder, shapes: StaticShapes, gradients: dict[str, str]) -> None:
-    """Declare that each gradient has its forward tensor's shape, on both, naming the dims shape
-    inference leaves unknown (f"{tensor}:{axis}"; ONNX Runtime's own inference names none).
+    """Declare that each gradient has its forward tensor's shape, on both, with the dims as
+    ONNX shape inference gave them (it names unknown ones "unk__N"; a dim it left without
+    a name is named f"{tensor}:{axis}"): ONNX Runtime's own inference names none.
 
     Always true (a gradient has the shape of what it differentiates), and what ONNX Runtime
     needs to keep the Mul of a gradient by a mask of the forward tensor in its blocked

@@ -14,7 +14,7 @@ A model that fails is refused with one log line and the others serve.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,13 +67,13 @@ class Model:
     def name(self) -> str:
         return self.manifest.name
 
-    def session(self, graph: str) -> ort.InferenceSession:
-        """The session of `graph` (a path relative to the model directory) on the threads a
-        step starting now takes (see CpuShare), opened when not open."""
+    def session(self, graph: str, threads: int | None = None) -> ort.InferenceSession:
+        """The session of `graph` (a path relative to the model directory) on `threads`, by
+        default the threads a step starting now takes (see CpuShare), opened when not open."""
         path = self.directory / graph
         device = self.device
         if device.kind == "cpu":
-            device = replace(device, threads=self.cpu.threads())
+            device = replace(device, threads=self._step_threads() if threads is None else threads)
 
         def opened() -> ort.InferenceSession:
             session = open_session(path, device)
@@ -81,6 +81,24 @@ class Model:
             return session
 
         return self._sessions.get((path, device.threads), self._graph_weights.get(graph, 0), opened)
+
+    def session_source(self, graph: str) -> Callable[[], ort.InferenceSession]:
+        """A function giving `graph`'s session for the next step of a dream: the one it holds
+        while the step's share of the CPUs stays the same (so a running dream keeps its
+        session whatever the cache closes meanwhile, and takes no lock), the session of the
+        new share when the share changes."""
+        held: list[tuple[int, ort.InferenceSession]] = []
+
+        def current() -> ort.InferenceSession:
+            threads = self._step_threads()
+            if not held or held[0][0] != threads:
+                held[:] = [(threads, self.session(graph, threads))]
+            return held[0][1]
+
+        return current
+
+    def _step_threads(self) -> int:
+        return self.cpu.threads() if self.device.kind == "cpu" else self.device.threads
 
     @property
     def session_count(self) -> int:

@@ -91,10 +91,11 @@ class CpuShare:
     shared out among the dreams running at that moment.
 
     ONNX Runtime fixes a session's threads when it opens it, so a graph has a session per
-    thread count it has run with (see models.Model.session); shares are rounded down to a
-    power of two to keep those few (at most 4 on 8 CPUs: 8, 4, 2, 1). A share is taken per
-    step, not per dream: a dream that began alone gives half its CPUs back at its next
-    step when a second dream starts, and takes them again when that one ends.
+    thread count it has run with (see models.Model.session); a share below all the CPUs is
+    rounded down to a power of two to keep those few (8, 4, 2, 1 on 8 CPUs; 6, 2, 1 on 6).
+    A share is taken per step, not per dream: a dream that began alone gives half its CPUs
+    back at its next step when a second dream starts, and takes them again when that one
+    ends. A dream paused between two steps (its reader slow) still counts.
     """
 
     def __init__(self, cpus: int, fixed: int = 0) -> None:
@@ -115,11 +116,11 @@ class CpuShare:
         return self._running
 
     def threads(self) -> int:
-        """Threads for an octave starting now (a caller outside `dreaming()` counts as a dream of its own)."""
+        """Threads for a step starting now (a caller outside `dreaming()` counts as a dream of its own)."""
         if not self.shared:
             return self.fixed
         share = max(1, self.cpus // max(1, self._running))
-        return 1 << (share.bit_length() - 1)
+        return share if share == self.cpus else 1 << (share.bit_length() - 1)
 
     @contextlib.contextmanager
     def dreaming(self) -> Iterator[None]:

@@ -7,8 +7,9 @@ efficientnet-lite0 or googlenet-bvlc, so a server that had opened every graph of
 would hold about 2.4 GB of sessions (their graphs read 580 and 1,050 MiB of weights
 in all). The sessions therefore share a budget: when opening one would pass it, the
 least recently used are closed first. A dream still running on a closed session keeps
-it alive until the dream ends; the next dream on that graph opens it again (a second
-or so). A graph run on several thread counts has a session for each (ONNX Runtime fixes
+it alive (its stepper holds it, see Model.session_source) until the dream ends or its
+share of the CPUs changes; the next dream on that graph opens it again (a second or
+so). A graph run on several thread counts has a session for each (ONNX Runtime fixes
 a session's threads when it opens it).
 """
 
@@ -46,10 +47,11 @@ class SessionCache:
     def __init__(self, budget: int | None = None) -> None:
         self.budget = budget
         self._open: OrderedDict[SessionKey, tuple[Session, int]] = OrderedDict()
-        self._held = 0
-        # Opening a session takes a second or more; two requests wanting the same new graph
-        # must not open it twice, nor pass the budget together.
-        self._lock = threading.Lock()
+        self._held = 0  # bytes of the open sessions and of those being opened
+        self._lock = threading.Lock()  # the table and the bytes: held for moments only
+        # Opening a session takes a second or more: two requests wanting the same new session
+        # wait for one opening; a request for an open one, or for another, never waits for it.
+        self._opening: dict[SessionKey, threading.Lock] = {}
 
     def get(
         self, key: SessionKey, weights_bytes: int, open_session: Callable[[], ort.InferenceSession]
@@ -59,20 +61,37 @@ class SessionCache:
             if key in self._open:
                 self._open.move_to_end(key)
                 return self._open[key][0]
-            need = session_memory(weights_bytes)
-            while self._open and self.budget is not None and self._held + need > self.budget:
-                (closed, threads), (_, size) = self._open.popitem(last=False)
-                self._held -= size
-                log.info(
-                    "closed the session of %s on %d threads (least recently used; sessions hold %d MiB)",
-                    closed,
-                    threads,
-                    self._held >> 20,
-                )
-            session = open_session()
-            self._open[key] = (session, need)
-            self._held += need
+            opening = self._opening.setdefault(key, threading.Lock())
+        with opening:
+            with self._lock:
+                if key in self._open:  # opened while this request waited
+                    self._open.move_to_end(key)
+                    return self._open[key][0]
+                need = session_memory(weights_bytes)
+                self._make_room(need)
+                self._held += need  # reserved now: two openings at once do not pass the budget
+            try:
+                session = open_session()
+            except BaseException:
+                with self._lock:
+                    self._held -= need
+                raise
+            with self._lock:
+                self._open[key] = (session, need)
+                self._opening.pop(key, None)
             return session
+
+    def _make_room(self, need: int) -> None:
+        """Close the least recently used sessions until `need` more bytes fit (the lock held)."""
+        while self._open and self.budget is not None and self._held + need > self.budget:
+            (closed, threads), (_, size) = self._open.popitem(last=False)
+            self._held -= size
+            log.info(
+                "closed the session of %s on %d threads (least recently used; sessions hold %d MiB)",
+                closed,
+                threads,
+                self._held >> 20,
+            )
 
     def count(self, under: Path | None = None) -> int:
         """Sessions open (of graphs under folder `under` only, when given)."""

@@ -247,3 +247,14 @@ def test_a_lone_dream_runs_on_every_cpu_and_dreams_at_once_share_them(
         assert model.session(plan.step_graph).get_session_options().intra_op_num_threads == 1
     assert octaves_of(list(first))[-1].final  # the first dream ends too, and leaves the share
     assert repository.cpu.running == 0
+
+
+def test_a_cancelled_dream_leaves_the_share_of_the_cpus(engine: DreamEngine, coffee: Path) -> None:
+    cancel = threading.Event()
+    events = engine.run(engine.plan(DreamSpec(pixels=picture(coffee), octaves=2, steps_per_octave=3)), cancel)
+    next(events)
+    assert engine.models.cpu.running == 1
+    cancel.set()
+    with pytest.raises(DreamCancelled):
+        list(events)
+    assert engine.models.cpu.running == 0

@@ -98,3 +98,34 @@ def test_the_sessions_stay_within_their_budget_least_recently_used_closed_first(
     deepest = manifest.layers[-1].focus_step_graph
     assert model.session(deepest) is model.session(deepest)  # still open: the most recently used
     assert session_memory(0) > 0
+
+
+def test_a_session_being_opened_holds_up_no_request_for_another(lite0_dir: Path) -> None:
+    # Dreams ask for their session at every step: one dream opening a new graph (a second
+    # or more) must not stall the others' steps.
+    import threading
+
+    from dreamstream.server.providers import Device, open_session
+    from dreamstream.server.sessions import SessionCache
+
+    layers = read_manifest(lite0_dir).layers
+    first, second = (lite0_dir / layers[0].step_graph, 1), (lite0_dir / layers[1].step_graph, 1)
+    cache = SessionCache()
+    device = Device("cpu", "cpu", 1)
+    ready = cache.get(first, 0, lambda: open_session(first[0], device))
+    release = threading.Event()
+
+    def slow_open():
+        release.wait(30)
+        return open_session(second[0], device)
+
+    opener = threading.Thread(target=cache.get, args=(second, 0, slow_open))
+    opener.start()
+    try:
+        assert cache.get(first, 0, lambda: pytest.fail("reopened")) is ready  # while the other opens
+        assert opener.is_alive()
+    finally:
+        release.set()
+        opener.join(30)
+    assert cache.count() == 2
+    assert cache.get(second, 0, lambda: pytest.fail("opened twice")) is not ready

@@ -98,9 +98,13 @@ def test_a_lone_dream_takes_every_cpu_and_dreams_running_together_share_them() -
                     assert share.threads() == 1
         assert share.threads() == 8  # the others ended: all CPUs again
     assert share.running == 0
-    with share.dreaming(), share.dreaming(), share.dreaming():
-        assert CpuShare(2).threads() == 2  # shares are counted per server, not per process
-    assert CpuShare(3).threads() == 2  # a power of two: at most log2(CPUs) + 1 sessions per graph
+    three = CpuShare(3)
+    assert three.threads() == 3  # alone: every CPU
+    with three.dreaming(), three.dreaming():
+        assert three.threads() == 1  # 3 // 2 rounded down to a power of two: few sessions per graph
+    six = CpuShare(6)
+    with six.dreaming(), six.dreaming():
+        assert six.threads() == 2
 
 
 def test_threads_given_are_kept_whatever_runs() -> None:

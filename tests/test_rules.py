@@ -706,17 +706,35 @@ SLOPE_EDGES = {
     ),
     "relu6": (
         lambda g, x: g.op("Clip", x, g.const(0.0), g.const(6.0)),
-        [-1.0, 0.0, 1e-45, 1e-38, 1.0, np.nextafter(6.0, 0.0), 6.0, 7.0, 3e38],
+        [-1.0, 0.0, 1e-45, 1e-38, 1.0, np.nextafter(np.float32(6.0), np.float32(0.0)), 6.0, 7.0, 3e38],
         lambda x: (x > 0) & (x < 6),
     ),
     "clip_max_4096": (
         lambda g, x: g.op("Clip", x, "", g.const(4096.0)),
-        [-3e38, -1e-45, 0.0, 1.0, np.nextafter(4096.0, 0.0), 4096.0, 5000.0],
+        [-3e38, -1e-45, 0.0, 1.0, np.nextafter(np.float32(4096.0), np.float32(0.0)), 4096.0, 5000.0],
         lambda x: x < 4096,
+    ),
+    "clip_band_tiny": (  # the general rule: a product of the two gaps would underflow to 0
+        lambda g, x: g.op("Clip", x, g.const(0.0), g.const(2.0**-101)),
+        [0.0, 1e-45, 2.0**-102, np.nextafter(np.float32(2.0**-101), np.float32(0.0)), 2.0**-101, 1.0],
+        lambda x: (x > 0) & (x < 2.0**-101),
+    ),
+    "clip_band_shifted": (
+        lambda g, x: g.op("Clip", x, g.const(-1.0), g.const(1.0)),
+        [
+            -2.0,
+            -1.0,
+            np.nextafter(np.float32(-1.0), np.float32(0.0)),
+            0.0,
+            np.nextafter(np.float32(1.0), np.float32(0.0)),
+            1.0,
+            2.0,
+        ],
+        lambda x: (x > -1) & (x < 1),
     ),
     "clip_max_tiny": (
         lambda g, x: g.op("Clip", x, g.const(0.0), g.const(2.0**-90)),
-        [0.0, 1e-45, np.nextafter(2.0**-90, 0.0), 2.0**-90, 1.0],
+        [0.0, 1e-45, np.nextafter(np.float32(2.0**-90), np.float32(0.0)), 2.0**-90, 1.0],
         lambda x: (x > 0) & (x < 2.0**-90),
     ),
 }

@@ -72,15 +72,15 @@ def clip(ctx: RuleContext, node: onnx.NodeProto, dy: Grads, wanted: set[int]) ->
             masks.append(_below_mask(ctx, y, high_value, "clip_high_mask"))
         inside = masks[0] if len(masks) == 1 else g.op("Mul", *masks, hint="clip_mask")
         return {0: g.op("Mul", dy[0], inside, hint="clip_grad")}
-    # Other bounds: (y - min) * (max - y) > 0 inside, 0 elsewhere (never negative, never
-    # rounded to 0: near either bound the other factor is far from 0).
-    factors = []
+    # Other bounds: y - min > 0 and max - y > 0 inside (a difference of two floats is 0
+    # only when they are equal), each made a mask of its own: their product could underflow.
+    masks = []
     if low is not None:
-        factors.append(y if low_is_zero else g.op("Sub", y, low))
+        masks.append(_positive_mask(ctx, y if low_is_zero else g.op("Sub", y, low), "clip_low_mask"))
     if high is not None:
-        factors.append(g.op("Sub", high, y, hint="clip_headroom"))
-    inside = factors[0] if len(factors) == 1 else g.op("Mul", *factors)
-    return {0: g.op("Mul", dy[0], _positive_mask(ctx, inside, "clip_mask"), hint="clip_grad")}
+        masks.append(_positive_mask(ctx, g.op("Sub", high, y, hint="clip_headroom"), "clip_high_mask"))
+    inside = masks[0] if len(masks) == 1 else g.op("Mul", *masks, hint="clip_mask")
+    return {0: g.op("Mul", dy[0], inside, hint="clip_grad")}
 
 
 def _bound(node: onnx.NodeProto, index: int) -> str | None:

@@ -245,7 +245,7 @@ class DreamEngine:
             if guide is not None:
                 feeds[GUIDE] = guide
             # Asked for at every step: its threads follow the dreams running (see steppers).
-            session = functools.partial(plan.model.session, plan.gradient_graph or plan.model.graph_for(params.layers))
+            session = plan.model.session_source(plan.gradient_graph or plan.model.graph_for(params.layers))
             direction = functools.partial(ascent_direction, lap_levels=params.lap_levels, tv_weight=params.tv_weight)
             if plan.tiling is not None:
                 reshaped = params.lap_levels or params.tv_weight
@@ -256,7 +256,7 @@ class DreamEngine:
         constants = step_constants(plan.layer_weights, channel_weights, params.step_size)
         if keep:  # the picture bound to one session's device memory for the whole octave
             return BoundSteps(plan.model.session(plan.step_graph), constants, device)
-        return HostSteps(functools.partial(plan.model.session, plan.step_graph), constants)
+        return HostSteps(plan.model.session_source(plan.step_graph), constants)
 
 
 class _Refusing:
